@@ -1,0 +1,32 @@
+# Every target installs what it needs into .venv first; nothing outside the repo is assumed.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml setup.py
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# pyqg 0.7.2 only builds against numpy<2 and Cython<3, without build isolation.
+	$(PIP) install -q "numpy<2" "cython<3" setuptools wheel setuptools_scm
+	$(PIP) install -q --no-build-isolation pyqg==0.7.2
+	# torch==2.13.0 is the local CPU wheel; an unpinned torch would pull GBs of CUDA wheels.
+	$(PIP) install -q "numpy<2" torch==2.13.0 -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	.venv/bin/sns-engine demo --out out/demo
+
+test: $(STAMP)
+	.venv/bin/ruff check .
+	.venv/bin/pytest -q tests
+
+bench: $(STAMP)
+	.venv/bin/pytest bench --benchmark-only
+
+clean:
+	rm -rf .venv out
