@@ -1,0 +1,203 @@
+"""Chunked Zarr stores of solver trajectories, written as the solver runs and resumable after a kill.
+
+Layout of a store (zarr format 3, opens in xarray):
+
+    fields      (trajectory, time, channel, y, x) float32, chunks (1, time_chunk, C, H, W): one
+                trajectory's time chunk is one atomic chunk write
+    time        (time,) physical time of each snapshot after spin-up
+    seed        (trajectory,) the seed each trajectory was started from
+    progress    (block,) snapshots finished per block of trajectories; the last thing written
+    solver_state/b{block}/t{time}/...   the solver state after `time` snapshots (to resume)
+    attrs["sns_engine"]   identity (system, preset, every parameter, sizes, seed, version)
+    attrs["normalisation"]  per-channel mean and std, written when the store is complete
+
+Crash safety: for each chunk the order is data → solver state → progress, and zarr's local store
+writes every file atomically, so after a kill -9 `progress` always points at a complete solver
+state and all data before it. Rerunning the same generation continues from there.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from sns_engine import __version__
+
+FORMAT = 1
+FIELDS_DIMS = ("trajectory", "time", "channel", "y", "x")
+
+
+class StoreError(ValueError):
+    """A path is not a usable store, or a store does not match what was asked of it."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything that identifies a generated dataset; two runs with equal specs write equal data."""
+
+    system: str
+    preset: str
+    params: dict[str, Any]
+    channels: int
+    channel_names: tuple[str, ...]
+    grid: int
+    snapshot_dt: float
+    domain_length: float
+    trajectories: int
+    snapshots: int
+    seed: int
+    trajectory_batch: int
+    time_chunk: int
+
+    def __post_init__(self) -> None:
+        for name in ("trajectories", "snapshots", "trajectory_batch", "time_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise StoreError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.trajectories // self.trajectory_batch)
+
+    def block_members(self, block: int) -> range:
+        start = block * self.trajectory_batch
+        return range(start, min(start + self.trajectory_batch, self.trajectories))
+
+    def to_attrs(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["channel_names"] = list(self.channel_names)
+        return {"format": FORMAT, "version": __version__, **d}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StoreSpec:
+        d = {k: attrs[k] for k in cls.__dataclass_fields__}
+        d["channel_names"] = tuple(d["channel_names"])
+        return cls(**d)
+
+
+def trajectory_seed(seed: int, trajectory: int) -> int:
+    """Seed of one trajectory: independent streams for (seed, trajectory), stable across runs."""
+    return int(np.random.SeedSequence([seed, trajectory]).generate_state(1)[0])
+
+
+class TrajectoryStore:
+    """A dataset store on disk: read access for everyone, resumable appends for the generator."""
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"{self.path} is not a sns_engine store (no zarr.json); "
+                             "create one with `sns-engine data ...`")
+        self.root = zarr.open_group(str(self.path), mode=mode)
+        attrs = self.root.attrs.get("sns_engine")
+        if attrs is None or "fields" not in self.root:
+            raise StoreError(f"{self.path} is a Zarr group but not a sns_engine store "
+                             "(missing 'sns_engine' attributes or 'fields')")
+        if attrs.get("format", 0) > FORMAT:
+            raise StoreError(f"{self.path} has store format {attrs['format']}, newer than this "
+                             f"sns_engine ({__version__}) reads ({FORMAT}); upgrade sns_engine")
+        self.spec = StoreSpec.from_attrs(attrs)
+        self.fields: zarr.Array = self.root["fields"]
+
+    # ----------------------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, path: str | Path, spec: StoreSpec, overwrite: bool = False) -> TrajectoryStore:
+        """Create an empty store for `spec`, or reopen a matching one to resume.
+
+        An existing store made with a different spec, or a path that is not a store, is an error
+        unless `overwrite` is set; nothing is deleted without it.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            existing = cls(path, mode="r+")
+            _check_same_spec(path, existing.spec, spec)
+            return existing
+        if path.exists():
+            shutil.rmtree(path)
+        root = zarr.open_group(str(path), mode="w")
+        c, g = spec.channels, spec.grid
+        root.create_array("fields", shape=(spec.trajectories, spec.snapshots, c, g, g),
+                          chunks=(1, spec.time_chunk, c, g, g), dtype="float32",
+                          fill_value=np.nan, dimension_names=FIELDS_DIMS)
+        time = root.create_array("time", shape=(spec.snapshots,), dtype="float64",
+                                 dimension_names=("time",))
+        time[:] = spec.snapshot_dt * np.arange(1, spec.snapshots + 1)
+        seeds = root.create_array("seed", shape=(spec.trajectories,), dtype="uint64",
+                                  dimension_names=("trajectory",))
+        seeds[:] = [trajectory_seed(spec.seed, i) for i in range(spec.trajectories)]
+        root.create_array("progress", shape=(spec.blocks,), chunks=(1,), dtype="int64",
+                          fill_value=-1, dimension_names=("block",))
+        root.require_group("solver_state")
+        root.attrs["sns_engine"] = spec.to_attrs()
+        return cls(path, mode="r+")
+
+    # ----------------------------------------------------------------------------- progress
+    def progress(self, block: int) -> int:
+        """Snapshots finished in `block`; -1 before its spin-up state was saved."""
+        return int(self.root["progress"][block])
+
+    @property
+    def complete(self) -> bool:
+        return bool(np.all(self.root["progress"][:] == self.spec.snapshots))
+
+    def save_state(self, block: int, done: int, arrays: dict[str, np.ndarray]) -> None:
+        """Persist the solver state after `done` snapshots of `block`, then mark progress."""
+        group = self.root.require_group(f"solver_state/b{block}/t{done}")
+        for key, value in arrays.items():
+            value = np.ascontiguousarray(value)
+            arr = group.create_array(key, shape=value.shape, dtype=value.dtype, overwrite=True)
+            arr[...] = value
+        self.root["progress"][block] = done
+        for old in list(self.root[f"solver_state/b{block}"].group_keys()):
+            if old != f"t{done}":
+                del self.root[f"solver_state/b{block}/{old}"]
+
+    def load_state(self, block: int) -> dict[str, np.ndarray]:
+        done = self.progress(block)
+        group = self.root[f"solver_state/b{block}/t{done}"]
+        return {key: arr[...] for key, arr in group.arrays()}
+
+    def write(self, block: int, start: int, snapshots: np.ndarray) -> None:
+        """Write snapshots (B, T, C, H, W) of `block` at time index `start`."""
+        members = self.spec.block_members(block)
+        self.fields[members.start:members.stop, start:start + snapshots.shape[1]] = snapshots
+
+    def finalise(self, progress: Callable[[], None] | None = None) -> None:
+        """Compute per-channel normalisation (streaming, one trajectory at a time), drop solver states."""
+        n, c = self.spec.trajectories, self.spec.channels
+        total = np.zeros(c)
+        total_sq = np.zeros(c)
+        for i in range(n):
+            x = np.asarray(self.fields[i], dtype=np.float64)
+            if not np.isfinite(x).all():
+                raise StoreError(f"{self.path}: trajectory {i} holds NaN/Inf; regenerate it")
+            total += x.sum(axis=(0, 2, 3))
+            total_sq += (x**2).sum(axis=(0, 2, 3))
+        count = n * self.spec.snapshots * self.spec.grid**2
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        self.root.attrs["normalisation"] = {"mean": mean.tolist(), "std": std.tolist()}
+        if "solver_state" in self.root:
+            del self.root["solver_state"]
+
+    @property
+    def normalisation(self) -> dict[str, list[float]]:
+        norm = self.root.attrs.get("normalisation")
+        if norm is None:
+            raise StoreError(f"{self.path} is not complete (no normalisation yet); "
+                             "rerun the same `sns-engine data` command to finish it")
+        return norm
+
+
+def _check_same_spec(path: Path, old: StoreSpec, new: StoreSpec) -> None:
+    for key in old.__dataclass_fields__:
+        a, b = getattr(old, key), getattr(new, key)
+        if a != b:
+            raise StoreError(f"{path} exists with a different {key} ({a!r}, asked {b!r}); "
+                             "pass --overwrite to replace it or choose another --out")

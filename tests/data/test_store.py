@@ -1,0 +1,138 @@
+"""Store, generation and datasets on a tiny deterministic stand-in solver (real solvers: tests/cli)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from sns_engine.data import StoreError, TrajectoryStore, generate, pairs, refiner_triples, windows
+
+
+@dataclass(frozen=True)
+class ToyParams:
+    rate: float = 0.3
+
+
+class ToySystem:
+    """A chaotic-enough map x ← sin(3 x + roll(x)) on a periodic grid; state = float64 field."""
+
+    name, preset, channels, grid = "toy", "cpu", 2, 8
+    channel_names = ("a", "b")
+    snapshot_dt, domain_length = 0.5, 1.0
+
+    def __init__(self, params: ToyParams = ToyParams(), fail_after: int | None = None):
+        self.params = params
+        self.calls = 0
+        self.fail_after = fail_after
+
+    def metadata(self):
+        return {"rate": self.params.rate}
+
+    def initial_states(self, seeds):
+        return np.stack([np.random.default_rng(s).standard_normal((2, 8, 8)) for s in seeds])
+
+    def advance(self, state, n):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        out = []
+        for _ in range(n):
+            state = np.sin(3 * state + self.params.rate * np.roll(state, 1, axis=-1))
+            out.append(state.astype(np.float32))
+        return state, np.stack(out, axis=1)
+
+    def state_to_arrays(self, state):
+        return {"x": state}
+
+    def state_from_arrays(self, arrays):
+        return arrays["x"]
+
+
+def make(tmp_path, name="s.zarr", **kw):
+    args = dict(trajectories=5, snapshots=7, seed=3, trajectory_batch=2, time_chunk=3, quiet=True)
+    args.update(kw)
+    system = args.pop("system", ToySystem())
+    return generate(system, tmp_path / name, **args)
+
+
+def test_generate_writes_all_snapshots_and_normalisation(tmp_path):
+    store = make(tmp_path)
+    data = store.fields[:]
+    assert data.shape == (5, 7, 2, 8, 8) and data.dtype == np.float32
+    assert np.isfinite(data).all()
+    assert store.complete
+    std = np.asarray(store.normalisation["std"])
+    np.testing.assert_allclose(std, data.std(axis=(0, 1, 3, 4)), rtol=1e-5)
+    assert store.fields.chunks == (1, 3, 2, 8, 8)
+
+
+def test_same_seed_same_data_other_seed_differs(tmp_path):
+    a = make(tmp_path, "a.zarr").fields[:]
+    b = make(tmp_path, "b.zarr").fields[:]
+    c = make(tmp_path, "c.zarr", seed=4).fields[:]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_interrupted_generation_resumes_to_identical_store(tmp_path):
+    full = make(tmp_path, "full.zarr").fields[:]
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path, "cut.zarr", system=ToySystem(fail_after=4))
+    partial = TrajectoryStore(tmp_path / "cut.zarr")
+    assert not partial.complete
+    written = partial.fields[:]
+    done_rows = np.isfinite(written).all(axis=(2, 3, 4))
+    assert done_rows.any() and not done_rows.all()
+    resumed_system = ToySystem()
+    resumed = make(tmp_path, "cut.zarr", system=resumed_system)
+    np.testing.assert_array_equal(resumed.fields[:], full)
+    # it continued: fewer solver calls than a full run (3 blocks × 3 chunks = 9)
+    assert resumed_system.calls < 9
+
+
+def test_mismatched_existing_store_is_refused_and_kept(tmp_path):
+    make(tmp_path)
+    before = TrajectoryStore(tmp_path / "s.zarr").fields[:]
+    with pytest.raises(StoreError, match="different snapshots"):
+        make(tmp_path, snapshots=9)
+    with pytest.raises(StoreError, match="different params"):
+        make(tmp_path, system=ToySystem(ToyParams(rate=0.5)))
+    np.testing.assert_array_equal(TrajectoryStore(tmp_path / "s.zarr").fields[:], before)
+    replaced = make(tmp_path, snapshots=9, overwrite=True)
+    assert replaced.fields.shape[1] == 9
+
+
+def test_not_a_store(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a sns_engine store"):
+        TrajectoryStore(tmp_path / "plain")
+    with pytest.raises(StoreError, match="trajectories must be a positive"):
+        make(tmp_path, trajectories=0)
+
+
+def test_store_opens_in_xarray(tmp_path):
+    store = make(tmp_path)
+    ds = xr.open_zarr(store.path, consolidated=False)
+    assert ds["fields"].dims == ("trajectory", "time", "channel", "y", "x")
+    np.testing.assert_array_equal(ds["fields"].values, store.fields[:])
+    np.testing.assert_allclose(ds["time"].values, 0.5 * np.arange(1, 8))
+
+
+def test_datasets_offsets_and_normalisation(tmp_path):
+    store = make(tmp_path)
+    raw = store.fields[:]
+    std = np.asarray(store.normalisation["std"], dtype=np.float32)[:, None, None]
+    p = pairs(store)
+    assert len(p) == 5 * 6
+    item = p[6 + 2]  # trajectory 1, t = 2
+    torch.testing.assert_close(item, torch.from_numpy(raw[1, 2:4] / std))
+    w = windows(store, 4, trajectories=[4])
+    assert len(w) == 3 and w[2].shape == (5, 2, 8, 8)
+    torch.testing.assert_close(w[2], torch.from_numpy(raw[4, 2:7] / std))
+    r = refiner_triples(store, lag=3, normalise=False)
+    assert len(r) == 5 * 3
+    torch.testing.assert_close(r[0], torch.from_numpy(raw[0, [0, 3, 4]]))
+    with pytest.raises(StoreError, match="fewer than"):
+        refiner_triples(store, lag=7)
