@@ -1,0 +1,169 @@
+"""Checkpoint bundles: one directory with `config.json` and one `.safetensors` file per model.
+
+    bundle/
+      config.json              system, grid, normalisation, schedule, per-model U-Net config,
+                               file checksums, format version (nothing pickled)
+      emulator.safetensors     EMA weights for inference
+      refiner.safetensors
+      thermalizer.safetensors  (optional)
+      initial.safetensors      a few solver snapshots to start rollouts from (optional)
+
+`load_bundle(path)` rebuilds models and schedule from the directory alone. Every weight file's
+SHA-256 is recorded in config.json and checked on load, so a truncated or tampered file is
+refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sns_engine import __version__
+from sns_engine.config import ConfigError, from_dict, to_dict, write_json
+from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.models import MODEL_KINDS, build_model
+from sns_engine.models.unet import UNetConfig
+
+FORMAT = 1
+CONFIG = "config.json"
+INITIAL = "initial"
+
+
+class BundleError(ValueError):
+    """A bundle directory is missing, corrupt, from an incompatible version, or mismatched."""
+
+
+@dataclass
+class Bundle:
+    """Everything a rollout needs: system identity, normalisation, schedule, models, initial states."""
+
+    path: Path
+    system: dict[str, Any]
+    normalisation: dict[str, list[float]]
+    schedule: CosineSchedule
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    initial: torch.Tensor | None = None
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Per-channel std (C, 1, 1): physical field = normalised field × scale."""
+        return torch.tensor(self.normalisation["std"], dtype=torch.float32)[:, None, None]
+
+    def model(self, kind: str) -> torch.nn.Module:
+        if kind not in self.models:
+            raise BundleError(f"bundle {self.path} has no {kind} (it has {sorted(self.models)}); "
+                              f"train one with `sns-engine train {kind} --out {self.path}`")
+        return self.models[kind]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_config(path: str | Path) -> dict[str, Any] | None:
+    """The bundle's config.json as a dict, None if the directory has none yet."""
+    file = Path(path) / CONFIG
+    if not file.exists():
+        return None
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{file} is not valid JSON ({err}); restore it or retrain") from err
+    if config.get("format", 0) > FORMAT:
+        raise BundleError(f"{file} has bundle format {config['format']} (sns_engine "
+                          f"{config.get('version')}), newer than this sns_engine ({__version__}) "
+                          f"reads ({FORMAT}); upgrade sns_engine")
+    return config
+
+
+def new_config(system: dict[str, Any], normalisation: dict[str, list[float]],
+               schedule: CosineSchedule) -> dict[str, Any]:
+    """The config.json of an empty bundle for `system` data normalised by `normalisation`."""
+    return {"format": FORMAT, "version": __version__, "system": system,
+            "normalisation": normalisation,
+            "schedule": {"num_levels": schedule.num_levels, "s": schedule.s,
+                         "max_beta": schedule.max_beta},
+            "models": {}}
+
+
+def check_compatible(config: dict[str, Any], system: dict[str, Any], where: str) -> None:
+    """Refuse to mix data of another system/grid/channel count into a bundle."""
+    for key in ("name", "preset", "grid", "channels"):
+        if config["system"].get(key) != system.get(key):
+            raise BundleError(f"{where}: bundle holds {key}={config['system'].get(key)!r} but the "
+                              f"data has {key}={system.get(key)!r}; use another --out")
+
+
+def save_model(path: str | Path, config: dict[str, Any], kind: str, unet: UNetConfig,
+               state: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
+    """Write `kind`'s weights and record them in config.json (weights first, config last)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    file = path / f"{kind}.safetensors"
+    tmp = file.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    tmp.replace(file)
+    config["models"][kind] = {"unet": to_dict(unet), "file": file.name, "sha256": _sha256(file),
+                              **(extra or {})}
+    write_json(path / CONFIG, config)
+
+
+def save_initial(path: str | Path, config: dict[str, Any], states: torch.Tensor) -> None:
+    """Ship normalised initial-condition snapshots (K, C, H, W) with the bundle."""
+    path = Path(path)
+    file = path / f"{INITIAL}.safetensors"
+    save_file({"states": states.detach().float().contiguous().cpu()}, str(file))
+    config[INITIAL] = {"file": file.name, "sha256": _sha256(file), "count": int(states.shape[0])}
+    write_json(path / CONFIG, config)
+
+
+def _load_checked(path: Path, entry: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
+    file = path / entry["file"]
+    if not file.exists():
+        raise BundleError(f"bundle {path}: {what} weights {file.name} are missing")
+    if _sha256(file) != entry["sha256"]:
+        raise BundleError(f"bundle {path}: {file.name} does not match its checksum in {CONFIG} "
+                          "(truncated or modified); restore it or retrain")
+    try:
+        return load_file(str(file))
+    except SafetensorError as err:
+        raise BundleError(f"bundle {path}: {file.name} is not a valid safetensors file "
+                          f"({err})") from err
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Rebuild a bundle's models (eval mode, EMA weights), schedule and initial states."""
+    path = Path(path)
+    config = read_config(path)
+    if config is None:
+        raise BundleError(f"{path} is not a bundle (no {CONFIG}); train one with `sns-engine train`")
+    try:
+        sched = config["schedule"]
+        schedule = CosineSchedule(sched["num_levels"], sched["s"], sched["max_beta"])
+        bundle = Bundle(path, config["system"], config["normalisation"], schedule.to(device))
+        for kind, entry in config["models"].items():
+            if kind not in MODEL_KINDS:
+                raise BundleError(f"bundle {path}: unknown model kind {kind!r}")
+            model = build_model(kind, from_dict(UNetConfig, entry["unet"]))
+            state = _load_checked(path, entry, kind)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise BundleError(f"bundle {path}: {entry['file']} does not fit the {kind} in "
+                                  f"{CONFIG} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            bundle.models[kind] = model.to(device).eval().requires_grad_(False)
+        if INITIAL in config:
+            bundle.initial = _load_checked(path, config[INITIAL], "initial-state")["states"].to(device)
+    except (KeyError, TypeError, ConfigError) as err:
+        raise BundleError(f"bundle {path}: {CONFIG} is malformed ({err!r})") from err
+    return bundle
