@@ -101,3 +101,27 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How an ensemble is rolled out (DESIGN.md §3; defaults follow the reference code)."""
+
+    path: str = "left_down"
+    steps: int = 100
+    threshold: int = 10              # activation threshold: n̂_x below it → no refinement
+    renoise: bool = True             # re-noise frames to their start level before walking
+    thermalizer_start: int = 10
+    thermalizer_stop: int = 4
+    noise_limit: int = 100           # thermalizer: n̂ above it flags the member
+    bound: float = 100.0             # |state| (normalised units) above it flags the member
+    seed: int = 0
+    save_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.thermalizer_stop < self.thermalizer_start:
+            raise ConfigError("thermalizer_stop must be in [0, thermalizer_start), got "
+                              f"{self.thermalizer_stop} and {self.thermalizer_start}")

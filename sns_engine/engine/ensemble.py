@@ -1,0 +1,105 @@
+"""The user-level rollout: bundle + initial conditions → engine (or reference) → memory or Zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sns_engine.bundle import Bundle, load_bundle
+from sns_engine.config import RolloutConfig
+from sns_engine.diffusion.paths import get_path
+from sns_engine.engine import writer as ensemble_writer
+from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
+from sns_engine.engine.reference import reference_rollout
+from sns_engine.engine.rollout import Engine, RolloutResult, drive
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "default_bundle"
+
+
+def initial_conditions(bundle: Bundle, batch: int, initial: torch.Tensor | None,
+                       members: torch.Tensor) -> torch.Tensor:
+    """Normalised initial states (B, C, H, W): given ones (physical units), or the bundle's shipped
+    snapshots, member i starting from snapshot i mod K."""
+    c, g = bundle.system["channels"], bundle.system["grid"]
+    if initial is not None:
+        initial = torch.as_tensor(initial, dtype=torch.float32)
+        if initial.ndim != 4 or tuple(initial.shape[1:]) != (c, g, g) or initial.shape[0] != batch:
+            raise ValueError(f"initial must have shape ({batch}, {c}, {g}, {g}) for this bundle, got "
+                             f"{tuple(initial.shape)}")
+        if not torch.isfinite(initial).all():
+            raise ValueError("initial holds NaN/Inf values; pass finite states")
+        return initial / bundle.scale
+    if bundle.initial is None:
+        raise ValueError(f"bundle {bundle.path} ships no initial conditions; pass initial=...")
+    return bundle.initial.cpu()[members % bundle.initial.shape[0]]
+
+
+def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps: int = 10,
+            path: str = "left_down", initial: torch.Tensor | None = None, save_every: int = 1,
+            out: str | Path | None = None, device: str | None = None, seed: int = 0,
+            engine: str = "engine", backend: str = "auto", graphs: bool = True, bf16: bool = False,
+            resume: bool = False, overwrite: bool = False, checkpoint_every: int = 50,
+            member_offset: int = 0, quiet: bool = True, **settings) -> RolloutResult:
+    """Roll out an ensemble of `batch` members for `steps` physical steps along `path`.
+
+    `bundle=None` uses the embedded default (small Kolmogorov 64² emulator + refiner). `settings`
+    are further RolloutConfig fields (threshold, renoise, bound, thermalizer_start, ...). With
+    `out` the states stream into a Zarr ensemble store (resumable with `resume=True`); without it
+    they are returned in memory. `engine="reference"` runs the per-member oracle instead.
+    `member_offset` numbers the members from there (their noise is keyed by that id).
+    """
+    if batch <= 0:
+        raise ValueError(f"batch must be positive, got {batch}")
+    if engine not in ("engine", "reference"):
+        raise ValueError(f"engine must be 'engine' or 'reference', got {engine!r}")
+    cfg = RolloutConfig(path=path, steps=steps, seed=seed, save_every=save_every, **settings)
+    get_path(path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
+    emulator = bundle.model("emulator")
+    model = get_path(path).model
+    denoiser = None
+    if model == "refiner":
+        denoiser = refiner_denoiser(bundle.model("refiner"))
+    elif model == "thermalizer":
+        denoiser = thermalizer_denoiser(bundle.model("thermalizer"))
+    members = torch.arange(member_offset, member_offset + batch)
+    x0 = initial_conditions(bundle, batch, initial, members).to(device)
+
+    if engine == "reference":
+        if out is not None:
+            raise ValueError("engine='reference' keeps results in memory; drop out=")
+        record = reference_rollout(emulator, denoiser, bundle.schedule, x0, cfg,
+                                   CounterNoise(seed), members.to(device))
+        scale = bundle.scale.to(record.states.device)
+        return RolloutResult(record.states * scale, None, record.flags, record.flagged_at,
+                             record.levels, record.moves)
+
+    eng = Engine(emulator, denoiser, bundle.schedule, x0, cfg, members=members.to(device),
+                 backend=backend, graphs=graphs, bf16=bf16)
+    if out is None:
+        states, levels, moves = drive(eng, steps, save_every, quiet=quiet)
+        scale = bundle.scale
+        saved = (torch.stack(states, dim=1) * scale if states
+                 else torch.zeros(batch, 0, *x0.shape[1:]))
+        return RolloutResult(saved, None, eng.flags.cpu(), eng.flagged_at.cpu(),
+                             torch.stack(levels, 1), torch.stack(moves, 1), eng.stats)
+
+    store = ensemble_writer.create_ensemble_store(out, bundle.system, bundle.normalisation, cfg,
+                                                  batch, time_chunk=16, resume=resume,
+                                                  overwrite=overwrite)
+    if resume:
+        saved_state = ensemble_writer.load_checkpoint(store)
+        if saved_state is not None:
+            eng.load_state(*saved_state)
+    writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step)
+    drive(eng, steps, save_every, writer=writer,
+          checkpoint=lambda step: ensemble_writer.save_checkpoint(store, eng.state_tensors(), step),
+          checkpoint_every=checkpoint_every, quiet=quiet)
+    writer.close(eng.flags, eng.flagged_at)
+    root = store.root
+    return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),
+                         torch.from_numpy(root["levels"][:]).long(),
+                         torch.from_numpy(root["moves"][:]).long(), eng.stats)

@@ -1,0 +1,144 @@
+"""The reference rollout: one member at a time, one forward per move, obviously correct.
+
+This is the oracle every fast path is tested against (engine, kernels, sharding). One physical
+step of one member:
+
+1. proposal x̂ = emulator(x_t)
+2. estimate (n̂_x, n̂_y) = argmax of the level heads on (long, y = x_t, x = x̂)
+3. plan = path.plan(n̂_x, n̂_y): start levels and two phases of moves (diffusion.paths)
+4. re-noise each frame to its start level (if `renoise`, or if the start is above the estimate)
+5. walk: for each move, one forward on (long, y, x), reverse step of the frame(s) it moves
+6. x_{t+1} = the walked x; a non-finite or out-of-bound result is not taken: the member keeps
+   its last good state, is flagged and frozen, and the other members go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sns_engine.config import RolloutConfig
+from sns_engine.diffusion.paths import BOTH, Path, Plan, X, Y, get_path
+from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.engine.denoiser import Denoiser, NoiseSource
+from sns_engine.ops import rng
+
+NONFINITE, OUT_OF_BOUND, NOISE_LIMIT = 1, 2, 4
+FLAG_NAMES = {NONFINITE: "non-finite state", OUT_OF_BOUND: "state beyond bound",
+              NOISE_LIMIT: "estimated level above noise_limit"}
+
+
+@dataclass
+class RolloutRecord:
+    """What a rollout returns: saved states and per-member, per-step diagnostics."""
+
+    states: torch.Tensor        # (B, saved, C, H, W), normalised units
+    flags: torch.Tensor         # (B,) int32 bit set of NONFINITE | OUT_OF_BOUND | NOISE_LIMIT
+    flagged_at: torch.Tensor    # (B,) int64 physical step of the flag, −1 if none
+    levels: torch.Tensor        # (B, steps, 2) estimated (n̂_x, n̂_y), −1 where not estimated
+    moves: torch.Tensor         # (B, steps) forwards spent refining
+
+
+def estimate_levels(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n̂_x, n̂_y) = argmax of the two heads' logits."""
+    return out.logits_x.argmax(dim=-1), out.logits_y.argmax(dim=-1)
+
+
+def renoise_mask(plan: Plan, estimate: torch.Tensor, start: torch.Tensor, renoise: bool) -> torch.Tensor:
+    """Members whose frame gets fresh forward noise up to its start level before the walk."""
+    return (plan.total > 0) & (start > 0) & ((start > estimate) | renoise)
+
+
+def walk(denoiser: Denoiser, schedule: CosineSchedule, long: torch.Tensor, y: torch.Tensor,
+         x: torch.Tensor, plan: Plan, noise: NoiseSource, member: torch.Tensor, step: torch.Tensor,
+         first=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Walk ONE member (batch of 1) along its plan; returns the walked (y, x).
+
+    `first` is an already computed forward on exactly these inputs (reused for the first move)."""
+    n_x, n_y = plan.start_x.long(), plan.start_y.long()
+    for phase in range(2):
+        move = int(plan.moves[0, phase])
+        for _ in range(int(plan.counts[0, phase])):
+            out = first if first is not None else denoiser(long, y, x)
+            first = None
+            if move in (Y, BOTH):
+                z = noise(member, step, n_y, rng.STREAM_Y, tuple(y.shape[1:]))
+                y = schedule.reverse_step(y, out.eps_y, n_y, z)
+                n_y = n_y - 1
+            if move in (X, BOTH):
+                z = noise(member, step, n_x, rng.STREAM_X, tuple(x.shape[1:]))
+                x = schedule.reverse_step(x, out.eps_x, n_x, z)
+                n_x = n_x - 1
+    return y, x
+
+
+def refine_member(path: Path, denoiser: Denoiser, schedule: CosineSchedule, long, y, x,
+                  cfg: RolloutConfig, noise: NoiseSource, member, step):
+    """Estimate, plan, re-noise and walk one member; returns (x_new, n̂_x, n̂_y, moves, flags)."""
+    out = denoiser(long, y, x)
+    n_x, n_y = estimate_levels(out)
+    plan = path.plan(n_x, n_y, schedule.num_levels, cfg.threshold, cfg.thermalizer_start,
+                     cfg.thermalizer_stop)
+    if path.name == "thermalizer" and int(n_x) > cfg.noise_limit:
+        return x, n_x, n_y, 0, NOISE_LIMIT
+    reused = True
+    for frame, est, start, stream in ((0, n_y, plan.start_y, rng.STREAM_RENOISE_Y),
+                                      (1, n_x, plan.start_x, rng.STREAM_RENOISE_X)):
+        if bool(renoise_mask(plan, est, start, cfg.renoise)):
+            target = (y, x)[frame]
+            z = noise(member, step, start.long(), stream, tuple(target.shape[1:]))
+            noised = schedule.q_sample(target, start.long(), z)
+            y, x = (noised, x) if frame == 0 else (y, noised)
+            reused = False
+    _, x = walk(denoiser, schedule, long, y, x, plan, noise, member, step,
+                first=out if reused else None)
+    return x, n_x, n_y, int(plan.total), 0
+
+
+def reference_rollout(emulator: torch.nn.Module, denoiser: Denoiser | None, schedule: CosineSchedule,
+                      initial: torch.Tensor, cfg: RolloutConfig, noise: NoiseSource,
+                      members: torch.Tensor | None = None, long: torch.Tensor | None = None,
+                      first_step: int = 0) -> RolloutRecord:
+    """Roll `initial` (B, C, H, W) forward `cfg.steps` physical steps, member by member.
+
+    `members` are the global ids keying each member's noise (default 0..B−1); `long` the long-lag
+    frames (default: the initial conditions, as in the paper)."""
+    path = get_path(cfg.path)
+    if path.model is not None and denoiser is None:
+        raise ValueError(f"path {cfg.path!r} needs a {path.model} but none was given")
+    batch = initial.shape[0]
+    members = torch.arange(batch) if members is None else members
+    long = initial.clone() if long is None else long
+    x = initial.clone()
+    flags = torch.zeros(batch, dtype=torch.int32)
+    flagged_at = torch.full((batch,), -1, dtype=torch.long)
+    levels = torch.full((batch, cfg.steps, 2), -1, dtype=torch.long)
+    moves = torch.zeros(batch, cfg.steps, dtype=torch.long)
+    saved = []
+    with torch.no_grad():
+        for t in range(cfg.steps):
+            step = torch.tensor([first_step + t])
+            for b in range(batch):
+                if flags[b]:
+                    continue
+                x_b, m_b = x[b:b + 1], members[b:b + 1]
+                new = emulator(x_b)
+                flag = 0
+                if path.model is not None:
+                    new, n_x, n_y, spent, flag = refine_member(
+                        path, denoiser, schedule, long[b:b + 1], x_b, new, cfg, noise, m_b, step)
+                    levels[b, t] = torch.stack([n_x[0], n_y[0]])
+                    moves[b, t] = spent
+                if not flag and not bool(torch.isfinite(new).all()):
+                    flag = NONFINITE
+                elif not flag and float(new.abs().max()) > cfg.bound:
+                    flag = OUT_OF_BOUND
+                if flag:
+                    flags[b], flagged_at[b] = flag, first_step + t
+                else:
+                    x[b] = new[0]
+            if (t + 1) % cfg.save_every == 0:
+                saved.append(x.clone())
+    states = torch.stack(saved, dim=1) if saved else x.new_zeros((batch, 0, *x.shape[1:]))
+    return RolloutRecord(states, flags, flagged_at, levels, moves)

@@ -1,0 +1,260 @@
+"""The ensemble engine: emulator → estimate → packed refinement ticks → write, per physical step.
+
+All per-member state lives on the device in persistent buffers (`MemberBuffers`): states, levels,
+the two-phase walk counters, member ids, flags. A physical step:
+
+1. emulator: x̂ = emu(x) for every member (one forward, one graph);
+2. estimate: one refiner forward on (long, x, x̂) → (n̂_x, n̂_y) by argmax, then the path's plan;
+3. re-noise the frames whose start level asks for it (in-place, counter-based noise);
+4. pack: sort members by their number of moves (the step's single host sync), so the members still
+   walking at tick k are a prefix; copy the sorted state into the tick buffers;
+5. ticks: each runs the network on the prefix padded to a bucket size and one fused update
+   (`ops.update.ddpm_tick`) that moves x and/or y per member and advances its counters. When no
+   frame was re-noised, the estimate forward already holds tick 0's ε̂ and is reused;
+6. unpack, flag and freeze members that went non-finite or out of bound, hand the step to the writer.
+
+Results do not depend on batch composition: every random number is keyed by (seed, member id,
+physical step, level, stream, pixel), never by slot.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from sns_engine.config import RolloutConfig
+from sns_engine.diffusion.paths import get_path
+from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.engine import profiling
+from sns_engine.engine.denoiser import Denoiser
+from sns_engine.engine.graphs import Replayer
+from sns_engine.engine.reference import NOISE_LIMIT, NONFINITE, OUT_OF_BOUND
+from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
+from sns_engine.ops import rng
+from sns_engine.ops.update import ddpm_tick, renoise
+
+
+@dataclass
+class EngineStats:
+    """Work counters over a run: forwards and member-forwards, useful vs padded."""
+
+    physical_steps: int = 0
+    forwards: int = 0
+    member_forwards: int = 0
+    useful_member_forwards: int = 0
+    refine_forwards: list[int] = field(default_factory=list)
+
+    @property
+    def useful_fraction(self) -> float:
+        return self.useful_member_forwards / max(self.member_forwards, 1)
+
+    @property
+    def forwards_per_step(self) -> float:
+        return self.forwards / max(self.physical_steps, 1)
+
+
+class Engine:
+    """Rolls a fixed set of members forward, one physical step per `step()` call."""
+
+    def __init__(self, emulator: torch.nn.Module, denoiser: Denoiser | None, schedule: CosineSchedule,
+                 initial: torch.Tensor, cfg: RolloutConfig, members: torch.Tensor | None = None,
+                 long: torch.Tensor | None = None, backend: str = "auto", graphs: bool = True,
+                 bf16: bool = False, buckets_per_octave: int = 16):
+        self.path = get_path(cfg.path)
+        if self.path.model is not None and denoiser is None:
+            raise ValueError(f"path {cfg.path!r} needs a {self.path.model} but none was given")
+        self.emulator, self.denoiser, self.schedule, self.cfg = emulator, denoiser, schedule, cfg
+        self.backend = backend
+        device = initial.device
+        b = initial.shape[0]
+        self.size = b
+        self.x = initial.clone()
+        self.long = initial.clone() if long is None else long.to(device).clone()
+        self.member = (torch.arange(b) if members is None else members).to(device).long()
+        self.flags = torch.zeros(b, dtype=torch.int32, device=device)
+        self.flagged_at = torch.full((b,), -1, dtype=torch.long, device=device)
+        self.coefs = torch.stack([schedule.recip_sqrt_alpha, schedule.eps_coef, schedule.sigma]).to(
+            device=device, dtype=torch.float32).contiguous()
+        self.next_step = 0
+        self.stats = EngineStats()
+        # persistent buffers: proposal, and the sorted (packed) copies the ticks work on
+        self.proposal = torch.empty_like(self.x)
+        self.sx, self.sy, self.slong = (torch.empty_like(self.x) for _ in range(3))
+        self.sn = torch.zeros(2, b, dtype=torch.int32, device=device)          # n_x, n_y
+        self.smoves = torch.zeros(b, 2, dtype=torch.int32, device=device)
+        self.scounts = torch.zeros(b, 2, dtype=torch.int32, device=device)
+        self.smember = torch.zeros(b, dtype=torch.long, device=device)
+        self.sstep = torch.zeros(b, dtype=torch.int32, device=device)
+        self.eps = (torch.empty_like(self.x), torch.empty_like(self.x))        # ε̂_x, ε̂_y
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if bf16 and device.type == "cuda" else nullcontext())
+        self.buckets = bucket_sizes(b, buckets_per_octave)
+        pool = torch.cuda.graph_pool_handle() if graphs and torch.cuda.is_available() else None
+        self.run_emulator = Replayer(self._emulate, [self.proposal], graphs, pool)
+        tick_buffers = [self.sx, self.sy, self.sn, self.scounts, *self.eps]
+        self.run_tick = Replayer(self._tick, tick_buffers, graphs, pool)
+
+    # --------------------------------------------------------------- graph-captured bodies
+    def _emulate(self, size: int) -> None:
+        with self.autocast:
+            self.proposal[:size] = self.emulator(self.x[:size]).float()
+
+    def _tick(self, size: int, reuse: bool = False) -> None:
+        if not reuse:
+            with self.autocast:
+                out = self.denoiser(self.slong[:size], self.sy[:size], self.sx[:size])
+            self.eps[0][:size] = out.eps_x
+            self.eps[1][:size] = out.eps_y
+        ddpm_tick(self.sx[:size], self.sy[:size], self.eps[0][:size], self.eps[1][:size],
+                  self.sn[0, :size], self.sn[1, :size], self.smoves[:size], self.scounts[:size],
+                  self.smember[:size], self.sstep[:size], self.cfg.seed, self.coefs,
+                  backend=self.backend)
+
+    # --------------------------------------------------------------------- one physical step
+    @torch.no_grad()
+    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance every member one physical step; returns (levels (B, 2), moves (B,)) of it."""
+        cfg, b, t = self.cfg, self.size, self.next_step
+        alive = self.flags == 0
+        with profiling.range("emulator"):
+            self.run_emulator(b)
+            self.stats.forwards += 1
+            self.stats.member_forwards += b
+            self.stats.useful_member_forwards += b
+        levels = torch.full((b, 2), -1, dtype=torch.long, device=self.x.device)
+        moves = torch.zeros(b, dtype=torch.long, device=self.x.device)
+        new = self.proposal
+        if self.path.model is not None:
+            new, levels, moves = self._refine(alive, t)
+        self._accept(new, alive, t)
+        self.next_step += 1
+        self.stats.physical_steps += 1
+        return levels, moves
+
+    def _refine(self, alive: torch.Tensor, t: int):
+        cfg, sched, b = self.cfg, self.schedule, self.size
+        with profiling.range("estimate"), self.autocast:
+            out = self.denoiser(self.long, self.x, self.proposal)
+        self.stats.forwards += 1
+        self.stats.member_forwards += b
+        self.stats.useful_member_forwards += b
+        n_x, n_y = out.logits_x.argmax(-1), out.logits_y.argmax(-1)
+        plan = self.path.plan(n_x, n_y, sched.num_levels, cfg.threshold, cfg.thermalizer_start,
+                              cfg.thermalizer_stop)
+        over_limit = alive & (n_x > cfg.noise_limit) if self.path.name == "thermalizer" else None
+        active = alive if over_limit is None else alive & ~over_limit
+        counts = torch.where(active[:, None], plan.counts, 0)
+        walking = counts.sum(1) > 0
+        y, x = self.x.clone(), self.proposal.clone()
+        step = torch.full((b,), t, dtype=torch.int32, device=y.device)
+        reuse = not (cfg.renoise or self.path.starts_above_estimate)
+        with profiling.range("refine"):
+            for frame, est, start, stream in ((y, n_y, plan.start_y, rng.STREAM_RENOISE_Y),
+                                              (x, n_x, plan.start_x, rng.STREAM_RENOISE_X)):
+                mask = walking & (start > 0) & ((start > est) | cfg.renoise)
+                renoise(frame, torch.where(mask, start, 0).int(), self.member, step, cfg.seed,
+                        sched.sqrt_alpha_bar, sched.sqrt_one_minus_alpha_bar, stream,
+                        backend=self.backend)
+            ticks = schedule_ticks(counts.sum(1), self.buckets)
+            order = ticks.order
+            torch.index_select(x, 0, order, out=self.sx)
+            torch.index_select(y, 0, order, out=self.sy)
+            torch.index_select(self.long, 0, order, out=self.slong)
+            self.sn[0] = plan.start_x[order]
+            self.sn[1] = plan.start_y[order]
+            self.smoves.copy_(plan.moves[order])
+            self.scounts.copy_(counts[order])
+            self.smember.copy_(self.member[order])
+            self.sstep.fill_(t)
+            for k, (a, padded) in enumerate(zip(ticks.active, ticks.padded, strict=True)):
+                if k == 0 and reuse:
+                    self.eps[0].copy_(out.eps_x[order])
+                    self.eps[1].copy_(out.eps_y[order])
+                    self._tick(padded, reuse=True)
+                else:
+                    self.run_tick(padded)
+                    self.stats.forwards += 1
+                    self.stats.member_forwards += padded
+                    self.stats.useful_member_forwards += a
+            self.stats.refine_forwards.append(len(ticks.active) - int(reuse))
+            new = torch.empty_like(x)
+            new[order] = self.sx
+        if over_limit is not None:
+            self._flag(over_limit, NOISE_LIMIT, t)
+        moves = torch.where(active, plan.total, 0)
+        return new, torch.stack([n_x, n_y], dim=1), moves
+
+    def _flag(self, mask: torch.Tensor, flag: int, t: int) -> None:
+        self.flags.copy_(torch.where(mask & (self.flags == 0), flag, self.flags))
+        self.flagged_at.copy_(torch.where(mask & (self.flagged_at < 0), t, self.flagged_at))
+
+    def _accept(self, new: torch.Tensor, alive: torch.Tensor, t: int) -> None:
+        """Take the new states of alive members that stayed finite and in bound; flag the rest."""
+        flat = new.flatten(1)
+        finite = torch.isfinite(flat).all(1)
+        in_bound = flat.abs().amax(1) <= self.cfg.bound
+        alive = alive & (self.flags == 0)
+        self._flag(alive & ~finite, NONFINITE, t)
+        self._flag(alive & finite & ~in_bound, OUT_OF_BOUND, t)
+        keep = alive & finite & in_bound
+        self.x.copy_(torch.where(keep[:, None, None, None], new, self.x))  # in place: graphs read x
+
+    # ----------------------------------------------------------------------------- resume
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"x": self.x, "long": self.long, "member": self.member, "flags": self.flags,
+                "flagged_at": self.flagged_at}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], next_step: int) -> None:
+        for name, value in tensors.items():
+            getattr(self, name).copy_(value)
+        self.next_step = next_step
+
+
+@dataclass
+class RolloutResult:
+    """What `sns_engine.rollout` returns. States are in physical units."""
+
+    states: torch.Tensor | None     # (B, saved, C, H, W) when no store was asked for
+    store: str | None               # path of the Zarr ensemble store, when `out` was given
+    flags: torch.Tensor             # (B,) bit set (see engine.reference)
+    flagged_at: torch.Tensor        # (B,) step of the flag, −1 if none
+    levels: torch.Tensor            # (B, steps, 2) estimated (n̂_x, n̂_y); −1 where not estimated
+    moves: torch.Tensor             # (B, steps) refinement forwards per member and step
+    stats: EngineStats | None = None
+
+    @property
+    def diverged(self) -> torch.Tensor:
+        """(B,) bool: members that were flagged and frozen."""
+        return self.flags != 0
+
+
+def drive(engine: Engine, steps: int, save_every: int, writer=None, checkpoint=None,
+          checkpoint_every: int = 0, quiet: bool = True) -> tuple[list, list, list]:
+    """Run `engine` up to `steps` physical steps, streaming to `writer` (or collecting in memory).
+
+    `checkpoint(next_step)` is called every `checkpoint_every` steps after the writer is flushed,
+    so a resumed run never misses a saved step. Returns the in-memory (states, levels, moves)."""
+    from tqdm.auto import tqdm
+
+    states, levels, moves = [], [], []
+    bar = tqdm(total=steps, initial=engine.next_step, disable=quiet, unit="step", desc="rollout")
+    while engine.next_step < steps:
+        lv, mv = engine.step()
+        save = engine.next_step % save_every == 0
+        with profiling.range("write"):
+            if writer is not None:
+                writer.put(engine.x if save else None, lv, mv)
+            else:
+                levels.append(lv.cpu())
+                moves.append(mv.cpu())
+                if save:
+                    states.append(engine.x.cpu().clone())
+            if checkpoint is not None and checkpoint_every and (
+                    engine.next_step % checkpoint_every == 0 or engine.next_step == steps):
+                writer.flush(engine.flags, engine.flagged_at)
+                checkpoint(engine.next_step)
+        bar.update(1)
+    bar.close()
+    return states, levels, moves

@@ -1,0 +1,179 @@
+"""Streaming an ensemble to a Zarr store from a writer thread, plus the engine's resume checkpoint.
+
+An ensemble store is a trajectory store (sns_engine.data.store) whose trajectories are the
+members, in physical units, with extra per-step arrays:
+
+    levels      (trajectory, step, 2) int16   estimated (n̂_x, n̂_y), −1 where not estimated
+    moves       (trajectory, step) int16      refinement forwards spent
+    flags       (trajectory,) int32           divergence flags (engine.reference)
+    flagged_at  (trajectory,) int64           physical step of the flag, −1 if none
+    engine.safetensors + attrs["engine"]      the resume checkpoint (states, flags, next step)
+
+The rollout loop hands over device tensors; they are copied into pinned host buffers (on CUDA)
+and written by one background thread, `time_chunk` saves per chunk write, so the GPU never waits
+for the disk and memory stays bounded whatever the number of steps.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sns_engine.config import to_dict
+from sns_engine.data.store import StoreSpec, TrajectoryStore
+
+CHECKPOINT = "engine.safetensors"
+
+
+def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation: dict[str, Any],
+                          cfg, members: int, time_chunk: int, resume: bool,
+                          overwrite: bool) -> TrajectoryStore:
+    """The ensemble store for `members` members of `cfg` (a RolloutConfig); reopened to resume."""
+    spec = StoreSpec(
+        system=system["name"], preset=system["preset"], params=system["params"],
+        channels=system["channels"], channel_names=tuple(system["channel_names"]),
+        grid=system["grid"], snapshot_dt=system["snapshot_dt"] * cfg.save_every,
+        domain_length=system["domain_length"], trajectories=members,
+        snapshots=cfg.steps // cfg.save_every, seed=cfg.seed, trajectory_batch=members,
+        time_chunk=min(time_chunk, max(cfg.steps // cfg.save_every, 1)))
+    out = Path(out)
+    if out.exists() and not resume and not overwrite:
+        raise FileExistsError(f"{out} exists; pass resume=True (--resume) to continue it or "
+                              "overwrite=True (--overwrite) to replace it")
+    store = TrajectoryStore.create(out, spec, overwrite=overwrite and not resume)
+    root = store.root
+    if "levels" not in root:
+        root.create_array("levels", shape=(members, cfg.steps, 2), chunks=(members, time_chunk, 2),
+                          dtype="int16", fill_value=-1, dimension_names=("trajectory", "step", "pair"))
+        root.create_array("moves", shape=(members, cfg.steps), chunks=(members, time_chunk),
+                          dtype="int16", fill_value=-1, dimension_names=("trajectory", "step"))
+        root.create_array("flags", shape=(members,), dtype="int32", dimension_names=("trajectory",))
+        root.create_array("flagged_at", shape=(members,), dtype="int64", fill_value=-1,
+                          dimension_names=("trajectory",))
+        root.attrs["normalisation"] = normalisation
+        root.attrs["rollout"] = to_dict(cfg)
+    elif root.attrs.get("rollout") != to_dict(cfg):
+        raise FileExistsError(f"{out} holds a rollout with other settings ({root.attrs.get('rollout')}); "
+                              "use another --out or --overwrite")
+    return store
+
+
+class EnsembleWriter:
+    """Background writer: `put` per physical step, `flush` before a checkpoint, `close` at the end."""
+
+    def __init__(self, store: TrajectoryStore, scale: torch.Tensor, save_every: int, start_step: int):
+        self.store, self.save_every = store, save_every
+        self.scale = scale.cpu().numpy()[None, None]     # (1, 1, C, 1, 1)
+        self.chunk = store.spec.time_chunk
+        self.saves: list[torch.Tensor] = []
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.save_start = start_step // save_every
+        self.step_start = start_step
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def put(self, states: torch.Tensor | None, levels: torch.Tensor, moves: torch.Tensor) -> None:
+        """Record the next physical step; `states` (B, C, H, W) only on save steps."""
+        self._raise()
+        self.steps.append((_to_host(levels), _to_host(moves)))
+        if states is not None:
+            self.saves.append(_to_host(states))
+        if len(self.saves) >= self.chunk or len(self.steps) >= self.chunk * self.save_every:
+            self._hand_over()
+
+    def flush(self, flags: torch.Tensor, flagged_at: torch.Tensor) -> None:
+        """Write everything recorded so far and wait until it is on disk."""
+        self._hand_over()
+        self.queue.put(("flags", (_to_host(flags), _to_host(flagged_at)), _event()))
+        self.queue.join()
+        self._raise()
+
+    def close(self, flags: torch.Tensor, flagged_at: torch.Tensor) -> None:
+        self.flush(flags, flagged_at)
+        self.queue.put(None)
+        self.thread.join()
+
+    def _hand_over(self) -> None:
+        event = _event()
+        if self.saves:
+            self.queue.put(("fields", (self.save_start, self.saves), event))
+            self.save_start += len(self.saves)
+            self.saves = []
+        if self.steps:
+            self.queue.put(("steps", (self.step_start, self.steps), event))
+            self.step_start += len(self.steps)
+            self.steps = []
+
+    def _run(self) -> None:
+        root = self.store.root
+        while (item := self.queue.get()) is not None:
+            try:
+                kind, payload, event = item
+                if event is not None:
+                    event.synchronize()  # the device-to-host copies of this batch are done
+                if kind == "fields":
+                    start, saves = payload
+                    states = np.stack([s.numpy() for s in saves], axis=1) * self.scale
+                    self.store.fields[:, start:start + states.shape[1]] = states.astype(np.float32)
+                elif kind == "steps":
+                    start, steps = payload
+                    levels = np.stack([lv.numpy() for lv, _ in steps], axis=1).astype(np.int16)
+                    moves = np.stack([mv.numpy() for _, mv in steps], axis=1).astype(np.int16)
+                    root["levels"][:, start:start + levels.shape[1]] = levels
+                    root["moves"][:, start:start + moves.shape[1]] = moves
+                else:
+                    flags, flagged_at = payload
+                    root["flags"][:], root["flagged_at"][:] = flags.numpy(), flagged_at.numpy()
+            except BaseException as err:  # surfaced in the rollout thread by _raise
+                self.error = err
+            finally:
+                self.queue.task_done()
+        self.queue.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing {self.store.path} failed: {self.error}") from self.error
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A host copy; from CUDA into pinned memory without blocking (see `_event`)."""
+    if not t.is_cuda:
+        return t.detach().clone()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
+
+def _event():
+    """A CUDA event after the pending copies, for the writer thread to wait on (None on CPU)."""
+    if not torch.cuda.is_available():
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def save_checkpoint(store: TrajectoryStore, tensors: dict[str, torch.Tensor], next_step: int) -> None:
+    """Engine state after `next_step` physical steps, one atomic file (written after a flush)."""
+    file = store.path / CHECKPOINT
+    tmp = file.with_suffix(".tmp")
+    payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    payload["next_step"] = torch.tensor(next_step)
+    save_file(payload, str(tmp))
+    tmp.replace(file)
+
+
+def load_checkpoint(store: TrajectoryStore) -> tuple[dict[str, torch.Tensor], int] | None:
+    """The saved engine state and its step, or None for a run that never checkpointed."""
+    file = store.path / CHECKPOINT
+    if not file.exists():
+        return None
+    tensors = load_file(str(file))
+    return tensors, int(tensors.pop("next_step"))
