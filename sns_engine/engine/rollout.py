@@ -116,7 +116,7 @@ class Engine:
     @torch.no_grad()
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance every member one physical step; returns (levels (B, 2), moves (B,)) of it."""
-        cfg, b, t = self.cfg, self.size, self.next_step
+        b, t = self.size, self.next_step
         alive = self.flags == 0
         with profiling.range("emulator"):
             self.run_emulator(b)
