@@ -55,6 +55,50 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print("wrote", ", ".join(str(p) for p in out))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from sns_engine.config import TrainConfig
+    from sns_engine.train.loop import train
+
+    fields = {k: v for k, v in vars(args).items()
+              if k in TrainConfig.__dataclass_fields__ and v is not None}
+    train(TrainConfig(**fields), args.data, args.out, resume=args.resume,
+          overwrite=args.overwrite, quiet=args.quiet, device=args.device)
+    if not args.quiet:
+        print(f"trained {args.model} into {args.out}")
+
+
+def cmd_rollout(args: argparse.Namespace) -> None:
+    from sns_engine.engine.ensemble import rollout
+
+    settings = {k: getattr(args, k) for k in ("threshold", "bound") if getattr(args, k) is not None}
+    result = rollout(args.bundle, batch=args.batch, steps=args.steps, path=args.path,
+                     save_every=args.save_every, out=args.out, device=args.device, seed=args.seed,
+                     backend=args.backend, graphs=not args.no_graphs, bf16=args.bf16,
+                     resume=args.resume, overwrite=args.overwrite, renoise=not args.no_renoise,
+                     quiet=args.quiet, **settings)
+    if not args.quiet:
+        flagged = int(result.diverged.sum())
+        print(f"wrote {result.store}: {args.batch} members × {args.steps} steps, {flagged} flagged")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from sns_engine.diagnostics.evaluate import evaluate
+
+    report = evaluate(args.ensemble, args.reference, windows=args.windows, threshold=args.threshold)
+    text = json.dumps(report, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    if not args.quiet:
+        for w in report["windows"]:
+            print(f"t={w['time'][0]:8.3g}..{w['time'][1]:<8.3g} spectrum error "
+                  + " ".join(f"{k}={v:.3g}" for k, v in w["spectrum_error"].items())
+                  + "  W1=" + " ".join(f"{v:.3g}" for v in w["w1"]) + f"  flagged={w['flagged']:.2f}")
+        if args.output:
+            print("wrote", args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sns-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +118,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model into a checkpoint bundle (resumable)")
+    p.add_argument("model", choices=["emulator", "refiner", "thermalizer"])
+    p.add_argument("--data", required=True, help="solver store (*.zarr)")
+    p.add_argument("--out", required=True, help="bundle directory (several models may share it)")
+    p.add_argument("--preset", default="small", help="U-Net preset: small or paper")
+    for name, kind in (("steps", _positive), ("batch_size", _positive), ("lr", float),
+                       ("lag", _positive), ("unroll", _positive), ("level_bias", float),
+                       ("val_every", _positive), ("checkpoint_every", _positive), ("seed", int),
+                       ("ema_decay", float)):
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="retrain a model the bundle has")
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("rollout", help="roll out an ensemble into a Zarr store")
+    p.add_argument("--bundle", help="bundle directory (default: the embedded one)")
+    p.add_argument("--batch", type=_positive, default=64)
+    p.add_argument("--steps", type=_positive, default=100)
+    p.add_argument("--path", default="left_down")
+    p.add_argument("--save-every", type=_positive, default=1)
+    p.add_argument("--out", required=True, help="ensemble store (*.zarr)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=int, help="activation threshold (default 10)")
+    p.add_argument("--bound", type=float, help="flag members beyond this |state| (normalised)")
+    p.add_argument("--no-renoise", action="store_true", help="walk without re-noising first")
+    p.add_argument("--backend", default="auto", help="auto, torch, triton or cuda")
+    p.add_argument("--device")
+    p.add_argument("--no-graphs", action="store_true")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("evaluate", help="metrics of an ensemble against solver data (JSON)")
+    p.add_argument("ensemble")
+    p.add_argument("--reference", required=True, help="solver store (*.zarr)")
+    p.add_argument("-o", "--output", help="JSON report file")
+    p.add_argument("--windows", type=_positive, default=4)
+    p.add_argument("--threshold", type=float, default=1.0, help="spectrum error of instability")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plot", help="write PNG figures of a store or an ensemble")
     p.add_argument("kind", choices=["spectrum", "snapshots", "all"])

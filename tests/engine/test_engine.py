@@ -1,0 +1,106 @@
+"""The packed engine against the per-member reference, and its invariances."""
+
+import pytest
+import torch
+
+from sns_engine.config import RolloutConfig
+from sns_engine.diffusion.paths import PATHS
+from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
+from sns_engine.engine.reference import NONFINITE, reference_rollout
+from sns_engine.engine.rollout import Engine, drive
+from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
+
+from .toys import ToyEmulator, ToyRefiner, ToyThermalizer
+
+SCHEDULE = CosineSchedule(1000)
+TOL = dict(rtol=1e-4, atol=1e-4)  # float32; batched vs single-member convolutions differ by ulps
+
+
+def initial(batch, seed=0, size=8, channels=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, size, size, generator=g)
+
+
+def models(path):
+    denoiser = (thermalizer_denoiser(ToyThermalizer()) if path == "thermalizer"
+                else refiner_denoiser(ToyRefiner()))
+    return ToyEmulator(), denoiser
+
+
+def run_engine(x0, cfg, members=None, **kw):
+    emulator, denoiser = models(cfg.path)
+    engine = Engine(emulator, denoiser if cfg.path != "emulator" else None, SCHEDULE, x0, cfg,
+                    members=members, graphs=False, **kw)
+    states, levels, moves = drive(engine, cfg.steps, cfg.save_every)
+    return engine, torch.stack(states, 1), torch.stack(levels, 1), torch.stack(moves, 1)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("renoise", [True, False])
+def test_engine_equals_reference_member_by_member(path, renoise):
+    steps = 2 if path in ("acdm", "generate") else 3
+    cfg = RolloutConfig(path=path, steps=steps, renoise=renoise, seed=7, threshold=10,
+                        noise_limit=50, bound=1e6)
+    x0 = initial(6, seed=3)
+    emulator, denoiser = models(path)
+    ref = reference_rollout(emulator, denoiser if path != "emulator" else None, SCHEDULE, x0, cfg,
+                            CounterNoise(7))
+    engine, states, levels, moves = run_engine(x0, cfg)
+    torch.testing.assert_close(states, ref.states, **TOL)
+    torch.testing.assert_close(levels, ref.levels)
+    torch.testing.assert_close(moves, ref.moves)
+    torch.testing.assert_close(engine.flags.cpu(), ref.flags)
+    if path not in ("emulator", "thermalizer"):
+        # the batch really mixes members: different levels, some below the threshold
+        assert len(set(levels[:, 0, 0].tolist())) >= 3
+        assert (levels[:, :, 0] < 10).any() and (levels[:, :, 0] >= 10).any()
+
+
+def test_first_tick_reuses_the_estimate_forward_when_nothing_is_renoised():
+    x0 = initial(16, seed=5)
+    cfg = RolloutConfig(path="left_down", steps=2, renoise=False, threshold=0)
+    engine, _, _, moves = run_engine(x0, cfg)
+    longest = moves.max(0).values
+    # per physical step: emulator + estimate + (longest walk − 1 reused) forwards
+    assert engine.stats.forwards == sum(2 + int(m) - 1 for m in longest)
+
+
+def test_member_trajectory_independent_of_batch_composition():
+    cfg = RolloutConfig(path="left_down", steps=3, seed=11)
+    big = initial(256, seed=9)
+    member = 5
+    _, alone, _, _ = run_engine(big[member:member + 1], cfg, members=torch.tensor([member]))
+    perm = torch.randperm(37, generator=torch.Generator().manual_seed(1))
+    ids = torch.arange(37)[perm]
+    _, among37, _, _ = run_engine(big[ids], cfg, members=ids)
+    _, among256, _, _ = run_engine(big, cfg)
+    row = int((ids == member).nonzero())
+    torch.testing.assert_close(among37[row], alone[0], **TOL)
+    torch.testing.assert_close(among256[member], alone[0], **TOL)
+
+
+def test_nan_member_is_flagged_frozen_and_others_unaffected():
+    cfg = RolloutConfig(path="left_down", steps=3)
+    x0 = initial(5, seed=2)
+    bad = x0.clone()
+    bad[2, 0, 1, 1] = float("nan")
+    clean_engine, clean, _, _ = run_engine(x0, cfg)
+    engine, states, _, _ = run_engine(bad, cfg)
+    assert engine.flags.tolist() == [0, 0, NONFINITE, 0, 0]
+    assert engine.flagged_at.tolist()[2] == 0
+    keep = [0, 1, 3, 4]
+    torch.testing.assert_close(states[keep], clean[keep], **TOL)
+    torch.testing.assert_close(states[2, -1], bad[2])  # frozen at its last state
+
+
+def test_bucket_sizes_and_packing():
+    sizes = bucket_sizes(1024)
+    assert sizes[:16] == list(range(1, 17)) and sizes[-1] == 1024
+    waste = max((b - a) / b for a, b in zip([s + 1 for s in sizes[:-1]], sizes[1:], strict=True))
+    assert waste < 1 / 16 + 1e-9
+    moves = torch.tensor([3, 0, 5, 1, 5, 2])
+    ticks = schedule_ticks(moves, bucket_sizes(6, 2))
+    assert moves[ticks.order].tolist() == [5, 5, 3, 2, 1, 0]
+    assert ticks.active == [5, 4, 3, 2, 2]
+    assert all(p >= a for a, p in zip(ticks.active, ticks.padded, strict=True))

@@ -1,0 +1,51 @@
+"""Small deterministic stand-in networks for engine tests (no training, no U-Net).
+
+The toy refiner's level estimates depend on each member's own frames, so a batch holds members
+with very different (n̂_x, n̂_y) — including ones below the activation threshold."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sns_engine.engine.denoiser import DenoiserOutput
+
+
+class ToyEmulator(nn.Module):
+    def __init__(self, channels: int = 1, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x):
+        return x + 0.3 * torch.tanh(self.conv(x))
+
+
+class ToyRefiner(nn.Module):
+    """ε̂ from a conv over (long, y, x); level logits peaked at a member-dependent level."""
+
+    def __init__(self, channels: int = 1, num_levels: int = 1000, max_level: int = 40, seed: int = 1):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3 * channels, 2 * channels, 3, padding=1, padding_mode="circular")
+        self.channels, self.num_levels, self.max_level = channels, num_levels, max_level
+
+    def _logits(self, frame):
+        centre = (frame.flatten(1).abs().mean(1) * 997.0) % self.max_level
+        k = torch.arange(self.num_levels + 1, device=frame.device, dtype=frame.dtype)
+        return -(k[None] - centre.round()[:, None]) ** 2
+
+    def forward(self, long, y, x):
+        eps = 0.5 * torch.tanh(self.conv(torch.cat([long, y, x], dim=1)))
+        c = self.channels
+        return DenoiserOutput(eps[:, :c], eps[:, c:], self._logits(y), self._logits(x))
+
+
+class ToyThermalizer(nn.Module):
+    def __init__(self, channels: int = 1, num_levels: int = 1000, seed: int = 2):
+        super().__init__()
+        self.inner = ToyRefiner(channels, num_levels, max_level=60, seed=seed)
+
+    def forward(self, x):
+        out = self.inner(x, x, x)
+        return out.eps_x, out.logits_x
