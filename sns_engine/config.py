@@ -99,6 +99,8 @@ class TrainConfig:
                      "checkpoint_every", "lr_step"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.lr < float("inf"):
+            raise ConfigError(f"lr must be positive and finite, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 

@@ -7,3 +7,31 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+
+def _cli(*args: str) -> None:
+    from sns_engine.cli import main
+
+    main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def tiny_kolmogorov(tmp_path_factory):
+    """A real but tiny Kolmogorov dataset (32² solver and output grid), made through the CLI."""
+    out = tmp_path_factory.mktemp("data") / "kolmogorov.zarr"
+    _cli("data", "kolmogorov", "--preset", "cpu", "--trajectories", 4, "--snapshots", 40,
+         "--out", out, "--set", "solver_grid=32", "--set", "output_grid=32",
+         "--set", "spinup_steps=200", "--trajectory-batch", 4, "--time-chunk", 10, "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_kolmogorov, tmp_path_factory):
+    """Emulator + refiner + thermalizer briefly trained on `tiny_kolmogorov` (small preset)."""
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    for model in ("emulator", "refiner", "thermalizer"):
+        _cli("train", model, "--data", tiny_kolmogorov, "--out", out, "--steps", 20,
+             "--batch-size", 8, "--lag", 10, "--lr", "1e-3", "--val-every", 10, "--quiet")
+    return out

@@ -194,6 +194,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
     task = TASKS[cfg.model]
     unet_cfg = model_unet_config(cfg.model, cfg.preset, store.spec.channels, store.spec.grid,
                                  cfg.num_levels)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every rerun
     trainer = Trainer(cfg, build_model(cfg.model, unet_cfg), device)
     history: list[dict[str, Any]] = []
     if resume:
@@ -222,6 +223,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
 
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=quiet or rank > 0,
                desc=f"train {cfg.model}")
+    if trainer.step == 0:
+        history.append({"step": 0, "val_loss": validate(trainer, run_loss, val_set)})
     model.train()
     while trainer.step < cfg.steps:
         loss, parts = run_loss(model, step_generator(cfg.seed, trainer.step), train_set)

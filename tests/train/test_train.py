@@ -1,0 +1,163 @@
+"""Training loop, checkpoint bundles and their failure modes, on a tiny real dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sns_engine.bundle import BundleError, load_bundle
+from sns_engine.config import TrainConfig
+from sns_engine.train.loop import TrainingError, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def history(bundle: Path, model: str) -> list[dict]:
+    return json.loads((bundle / "train" / f"{model}.json").read_text())["history"]
+
+
+@pytest.mark.parametrize("model", ["emulator", "refiner", "thermalizer"])
+def test_loss_falls(tiny_kolmogorov, tmp_path, model):
+    cfg = TrainConfig(model=model, steps=40, batch_size=8, lag=10, lr=1e-3, val_every=20,
+                      checkpoint_every=20)
+    train(cfg, tiny_kolmogorov, tmp_path / "b", quiet=True)
+    h = history(tmp_path / "b", model)
+    assert h[-1]["val_loss"] < 0.8 * h[0]["val_loss"], h
+
+
+def test_bundle_round_trip_in_fresh_process(tiny_bundle, tmp_path):
+    code = """
+import sys, torch
+from sns_engine.bundle import load_bundle
+b = load_bundle(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+x = torch.randn(3, 1, 32, 32, generator=g)
+out = b.model("refiner")(x, x.flip(-1), x.roll(3, -2))
+torch.save({"emu": b.model("emulator")(x), "eps": out.eps_x, "logits": out.logits_y,
+            "therm": b.model("thermalizer")(x)[0]}, sys.argv[2])
+"""
+    for name in ("a.pt", "b.pt"):
+        subprocess.run([sys.executable, "-c", code, str(tiny_bundle), str(tmp_path / name)],
+                       check=True, env=ENV)
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    # the loaded bundle holds the EMA weights saved at the last step
+    bundle = load_bundle(tiny_bundle)
+    assert set(bundle.models) == {"emulator", "refiner", "thermalizer"}
+    assert not any(p.requires_grad for p in bundle.model("refiner").parameters())
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_truncated_missing_and_newer_bundles_are_refused(tiny_bundle, tmp_path):
+    bad = _copy(tiny_bundle, tmp_path / "tampered")
+    data = bytearray((bad / "refiner.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (bad / "refiner.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="refiner.safetensors does not match its checksum"):
+        load_bundle(bad)
+    cut = _copy(tiny_bundle, tmp_path / "truncated")
+    (cut / "emulator.safetensors").write_bytes((cut / "emulator.safetensors").read_bytes()[:100])
+    with pytest.raises(BundleError, match="emulator.safetensors"):
+        load_bundle(cut)
+    gone = _copy(tiny_bundle, tmp_path / "missing")
+    (gone / "thermalizer.safetensors").unlink()
+    with pytest.raises(BundleError, match="thermalizer weights thermalizer.safetensors are missing"):
+        load_bundle(gone)
+    newer = _copy(tiny_bundle, tmp_path / "newer")
+    config = json.loads((newer / "config.json").read_text())
+    config["format"] = 99
+    (newer / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="newer than this sns_engine"):
+        load_bundle(newer)
+    with pytest.raises(BundleError, match="not a bundle"):
+        load_bundle(tmp_path)
+
+
+def test_retraining_needs_resume_or_overwrite(tiny_kolmogorov, tiny_bundle, tmp_path):
+    before = (tiny_bundle / "emulator.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="already has a emulator"):
+        train(TrainConfig(model="emulator", steps=5, batch_size=4), tiny_kolmogorov, tiny_bundle,
+              quiet=True)
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(TrainConfig(model="emulator", steps=5), tiny_kolmogorov, tmp_path / "new",
+              resume=True, quiet=True)
+    assert (tiny_bundle / "emulator.safetensors").read_bytes() == before
+
+
+def test_data_of_another_grid_or_system_is_refused(tiny_bundle, tmp_path):
+    from sns_engine.bundle import BundleError as Refused
+    from sns_engine.cli import main
+
+    other = tmp_path / "k16.zarr"
+    main(["data", "kolmogorov", "--trajectories", "2", "--snapshots", "12", "--out", str(other),
+          "--set", "solver_grid=16", "--set", "output_grid=16", "--set", "spinup_steps=10",
+          "--quiet"])
+    before = (tiny_bundle / "config.json").read_text()
+    with pytest.raises(Refused, match="bundle holds grid=32 but the data has grid=16"):
+        train(TrainConfig(model="refiner", steps=2, batch_size=2, lag=2), other, tiny_bundle,
+              overwrite=True, quiet=True)
+    assert (tiny_bundle / "config.json").read_text() == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_kolmogorov, tmp_path):
+    out = tmp_path / "b"
+    train(TrainConfig(model="emulator", steps=4, batch_size=4, checkpoint_every=2),
+          tiny_kolmogorov, out, quiet=True)
+    good = (out / "emulator.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="loss is (nan|inf)"):
+        train(TrainConfig(model="emulator", steps=8, batch_size=4, lr=1e30,
+                          checkpoint_every=2), tiny_kolmogorov, out, resume=True, quiet=True)
+    assert (out / "emulator.safetensors").read_bytes() == good
+    assert json.loads((out / "train" / "emulator.json").read_text())["step"] == 4
+
+
+def test_kill_mid_training_then_resume(tiny_kolmogorov, tmp_path):
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "sns_engine.cli", "train", "refiner", "--data",
+           str(tiny_kolmogorov), "--out", str(out), "--steps", "400", "--batch-size", "4",
+           "--lag", "10", "--checkpoint-every", "5", "--quiet"]
+    proc = subprocess.Popen(cmd, env=ENV)
+    record = out / "train" / "refiner.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (record.exists()
+                                          and json.loads(record.read_text())["step"] >= 10):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = json.loads(record.read_text())["step"]
+    assert 10 <= step < 400
+    subprocess.run([*cmd[:-1], "--steps", str(step + 5), "--resume", "--quiet"], check=True, env=ENV)
+    resumed = json.loads(record.read_text())
+    assert resumed["step"] == step + 5
+    assert load_bundle(out).models["refiner"] is not None
+
+
+def test_ddp_step_equals_single_process_step(tiny_kolmogorov, tmp_path):
+    script = Path(__file__).with_name("ddp_step.py")
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run([sys.executable, str(script), str(tiny_kolmogorov), str(single)], check=True,
+                   env=ENV)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=29533", str(script), str(tiny_kolmogorov), str(double)],
+                   check=True, env=ENV)
+    from safetensors.torch import load_file
+
+    a = load_file(str(single / "train" / "refiner.safetensors"))
+    b = load_file(str(double / "train" / "refiner.safetensors"))
+    params = [k for k in a if k.startswith("model.")]
+    assert params
+    for key in params:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
