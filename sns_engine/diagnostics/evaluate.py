@@ -24,16 +24,21 @@ from sns_engine.diagnostics import spectra, statistics
 
 def field_spectra(store: TrajectoryStore, fields: torch.Tensor) -> dict[str, torch.Tensor]:
     """Isotropic energy spectra of (…, C, H, W) fields of `store`'s system, one per curve name;
-    the wavenumbers are under key "k". Kolmogorov: KE from vorticity; QG: KE per layer."""
+    the wavenumbers are under key "k". Kolmogorov: KE from vorticity; QG: KE per layer. Only
+    shells inside the inscribed circle (k ≤ grid/2 · dk) are kept: the corner shells are partly
+    empty, and their tiny energies would dominate relative errors."""
     spec = store.spec
     fields = fields.double()
     if spec.system == "kolmogorov":
         k, e = spectra.energy_spectrum(fields[..., 0, :, :], length=spec.domain_length)
-        return {"k": k, "energy": e}
-    if spec.system == "qg":
+        curves = {"energy": e}
+    elif spec.system == "qg":
         k, e = spectra.qg_layer_energy_spectra(fields, **qg_inversion(spec.params))
-        return {"k": k, "energy_upper": e[..., 0, :], "energy_lower": e[..., 1, :]}
-    raise StoreError(f"no spectra for system {spec.system!r}")
+        curves = {"energy_upper": e[..., 0, :], "energy_lower": e[..., 1, :]}
+    else:
+        raise StoreError(f"no spectra for system {spec.system!r}")
+    keep = k <= (spec.grid // 2) * (2 * math.pi / spec.domain_length) + 1e-9
+    return {"k": k[keep], **{name: value[..., keep] for name, value in curves.items()}}
 
 
 def qg_inversion(params: dict[str, Any]) -> dict[str, Any]:

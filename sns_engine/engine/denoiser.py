@@ -62,3 +62,14 @@ class CounterNoise:
 
     def __call__(self, member, step, level, stream, shape):
         return rng.normal(self.seed, member, step, level, stream, shape)
+
+
+class TorchNoise:
+    """Fresh i.i.d. Gaussian noise from a torch generator, ignoring the keys (fast, not
+    reproducible across batch layouts; for statistics, not for engine-vs-reference checks)."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def __call__(self, member, step, level, stream, shape):
+        return torch.randn((member.shape[0], *shape), generator=self.generator)

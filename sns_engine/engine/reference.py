@@ -53,9 +53,11 @@ def renoise_mask(plan: Plan, estimate: torch.Tensor, start: torch.Tensor, renois
 def walk(denoiser: Denoiser, schedule: CosineSchedule, long: torch.Tensor, y: torch.Tensor,
          x: torch.Tensor, plan: Plan, noise: NoiseSource, member: torch.Tensor, step: torch.Tensor,
          first=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Walk ONE member (batch of 1) along its plan; returns the walked (y, x).
-
-    `first` is an already computed forward on exactly these inputs (reused for the first move)."""
+    """Walk members that share one plan (the reference passes one member at a time); returns
+    the walked (y, x). `first` is a forward already computed on exactly these inputs (reused for
+    the first move)."""
+    if not all(bool((t == t[:1]).all()) for t in (plan.start_x, plan.start_y, plan.moves, plan.counts)):
+        raise ValueError("walk() takes members that share one plan; walk the others separately")
     n_x, n_y = plan.start_x.long(), plan.start_y.long()
     for phase in range(2):
         move = int(plan.moves[0, phase])

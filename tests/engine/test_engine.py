@@ -13,18 +13,20 @@ from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
 
 from .toys import ToyEmulator, ToyRefiner, ToyThermalizer
 
-SCHEDULE = CosineSchedule(1000)
+SCHEDULE = CosineSchedule(100)  # N = 100 keeps acdm/generate walks short
 TOL = dict(rtol=1e-4, atol=1e-4)  # float32; batched vs single-member convolutions differ by ulps
 
 
 def initial(batch, seed=0, size=8, channels=1):
+    """Random states whose amplitude varies by member, so the toy estimates differ widely."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, channels, size, size, generator=g)
+    scale = 0.1 + 0.3 * (torch.arange(batch) % 7).float()
+    return torch.randn(batch, channels, size, size, generator=g) * scale[:, None, None, None]
 
 
 def models(path):
-    denoiser = (thermalizer_denoiser(ToyThermalizer()) if path == "thermalizer"
-                else refiner_denoiser(ToyRefiner()))
+    denoiser = (thermalizer_denoiser(ToyThermalizer(num_levels=100)) if path == "thermalizer"
+                else refiner_denoiser(ToyRefiner(num_levels=100)))
     return ToyEmulator(), denoiser
 
 
@@ -39,7 +41,7 @@ def run_engine(x0, cfg, members=None, **kw):
 @pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("renoise", [True, False])
 def test_engine_equals_reference_member_by_member(path, renoise):
-    steps = 2 if path in ("acdm", "generate") else 3
+    steps = 3
     cfg = RolloutConfig(path=path, steps=steps, renoise=renoise, seed=7, threshold=10,
                         noise_limit=50, bound=1e6)
     x0 = initial(6, seed=3)
@@ -91,7 +93,7 @@ def test_nan_member_is_flagged_frozen_and_others_unaffected():
     assert engine.flagged_at.tolist()[2] == 0
     keep = [0, 1, 3, 4]
     torch.testing.assert_close(states[keep], clean[keep], **TOL)
-    torch.testing.assert_close(states[2, -1], bad[2])  # frozen at its last state
+    torch.testing.assert_close(states[2, -1], bad[2], equal_nan=True)  # frozen as it was
 
 
 def test_bucket_sizes_and_packing():
