@@ -114,9 +114,16 @@ def save_model(path: str | Path, config: dict[str, Any], kind: str, unet: UNetCo
     tmp = file.with_suffix(".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
     tmp.replace(file)
+    config = _merge_on_disk(path, config)
     config["models"][kind] = {"unet": to_dict(unet), "file": file.name, "sha256": _sha256(file),
                               **(extra or {})}
     write_json(path / CONFIG, config)
+
+
+def _merge_on_disk(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The config as it is on disk now (or `config` for a new bundle): a process changes only
+    its own entry, so two kinds trained at once into one bundle keep each other's."""
+    return read_config(path) or config
 
 
 def save_initial(path: str | Path, config: dict[str, Any], states: torch.Tensor) -> None:
@@ -124,6 +131,7 @@ def save_initial(path: str | Path, config: dict[str, Any], states: torch.Tensor)
     path = Path(path)
     file = path / f"{INITIAL}.safetensors"
     save_file({"states": states.detach().float().contiguous().cpu()}, str(file))
+    config = _merge_on_disk(path, config)
     config[INITIAL] = {"file": file.name, "sha256": _sha256(file), "count": int(states.shape[0])}
     write_json(path / CONFIG, config)
 

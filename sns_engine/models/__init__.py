@@ -12,25 +12,23 @@ from torch import nn
 from sns_engine.models.emulator import Emulator
 from sns_engine.models.refiner import Refiner
 from sns_engine.models.thermalizer import Thermalizer
-from sns_engine.models.unet import UNetConfig, unet_preset
+from sns_engine.models.unet import UNetConfig
 
 MODEL_KINDS = {"emulator": Emulator, "refiner": Refiner, "thermalizer": Thermalizer}
 
-# (input frames, output frames, level heads) of each kind's U-Net
-_IO = {"emulator": (1, 1, 0), "refiner": (3, 2, 2), "thermalizer": (1, 1, 1)}
+
+def _kind(kind: str):
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODEL_KINDS)}")
+    return MODEL_KINDS[kind]
 
 
 def model_unet_config(kind: str, preset: str, channels: int, grid: int,
                       num_levels: int = 1000) -> UNetConfig:
     """The U-Net config of model `kind` for fields of `channels` channels on a `grid`² grid."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODEL_KINDS)}")
-    frames_in, frames_out, heads = _IO[kind]
-    return unet_preset(preset, frames_in * channels, frames_out * channels, grid, heads, num_levels)
+    return _kind(kind).unet_config(preset, channels, grid, num_levels)
 
 
 def build_model(kind: str, cfg: UNetConfig) -> nn.Module:
     """A freshly initialised model of `kind` with backbone `cfg`."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODEL_KINDS)}")
-    return MODEL_KINDS[kind](cfg)
+    return _kind(kind)(cfg)

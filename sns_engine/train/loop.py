@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from sns_engine.bundle import check_compatible, new_config, read_config, save_model
+from sns_engine.bundle import INITIAL, check_compatible, new_config, read_config, save_initial, save_model
 from sns_engine.config import TrainConfig, to_dict, write_json
 from sns_engine.data import FrameWindows, TrajectoryStore, refiner_triples, windows
 from sns_engine.diffusion.schedule import CosineSchedule
@@ -85,6 +85,17 @@ def _split(n: int, fraction: float) -> tuple[list[int], list[int]]:
         raise TrainingError(f"the store has {n} trajectory; training needs ≥ 2 (one held out)")
     val = max(1, math.ceil(fraction * n))
     return list(range(n - val)), list(range(n - val, n))
+
+
+def initial_snapshots(store: TrajectoryStore, count: int = 16) -> torch.Tensor:
+    """Normalised snapshots (count, C, H, W) for a bundle to start rollouts from: evenly spread
+    over the trajectories and the second half of their time (well on the attractor)."""
+    spec = store.spec
+    std = torch.tensor(store.normalisation["std"], dtype=torch.float32)[:, None, None]
+    half = spec.snapshots // 2
+    times = [half + i * (spec.snapshots - half) // count for i in range(count)]
+    return torch.stack([torch.from_numpy(store.fields[i % spec.trajectories, t]) / std
+                        for i, t in enumerate(times)])
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -184,6 +195,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
     schedule = CosineSchedule(cfg.num_levels)
     config = read_config(out) or new_config(system, store.normalisation, schedule)
     check_compatible(config, system, str(data))
+    if rank == 0 and INITIAL not in config:
+        save_initial(out, config, initial_snapshots(store))
     tensors_file, record_file = _checkpoint_paths(out, cfg.model)
     if resume and not record_file.exists():
         raise TrainingError(f"nothing to resume: {record_file} does not exist; drop --resume")

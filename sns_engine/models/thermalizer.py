@@ -1,0 +1,34 @@
+"""The Thermalizer baseline: an unconditional ε-model with one level head (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sns_engine.config import ConfigError
+from sns_engine.models.unet import UNet, UNetConfig, unet_preset
+
+
+class Thermalizer(nn.Module):
+    """forward(x (B, C, H, W) at an unknown level) → (ε̂ (B, C, H, W), logits (B, N + 1))."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        if cfg.in_channels != cfg.out_channels or cfg.heads != 1:
+            raise ConfigError(f"a Thermalizer U-Net maps C → C channels with 1 level head, got "
+                              f"{cfg.in_channels} → {cfg.out_channels} with {cfg.heads} heads; "
+                              "build its config with Thermalizer.unet_config")
+        self.unet = UNet(cfg)
+
+    @staticmethod
+    def unet_config(preset: str, channels: int, grid: int, num_levels: int = 1000) -> UNetConfig:
+        """The U-Net config of a Thermalizer for `channels`-channel frames and N = num_levels."""
+        return unet_preset(preset, channels, channels, grid, heads=1, num_levels=num_levels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps, (logits,) = self.unet(x)
+        return eps, logits
+
+    def levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Only the level logits, skipping the decoder."""
+        return self.unet.levels(x)[0]
