@@ -129,6 +129,7 @@ def _merge_on_disk(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 def save_initial(path: str | Path, config: dict[str, Any], states: torch.Tensor) -> None:
     """Ship normalised initial-condition snapshots (K, C, H, W) with the bundle."""
     path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     file = path / f"{INITIAL}.safetensors"
     save_file({"states": states.detach().float().contiguous().cpu()}, str(file))
     config = _merge_on_disk(path, config)

@@ -75,6 +75,7 @@ def cmd_rollout(args: argparse.Namespace) -> None:
                      save_every=args.save_every, out=args.out, device=args.device, seed=args.seed,
                      backend=args.backend, graphs=not args.no_graphs, bf16=args.bf16,
                      resume=args.resume, overwrite=args.overwrite, renoise=not args.no_renoise,
+                     checkpoint_every=args.checkpoint_every,
                      quiet=args.quiet, **settings)
     if not args.quiet:
         flagged = int(result.diverged.sum())
@@ -150,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--checkpoint-every", type=_positive, default=50,
+                   help="steps between resume checkpoints (a multiple of --save-every)")
+    p.add_argument("--resume", action="store_true", help="continue a killed rollout in --out")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_rollout)
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, MemoryError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, MemoryError) as err:
         print(f"sns-engine {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
 

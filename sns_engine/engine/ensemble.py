@@ -54,6 +54,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     if engine not in ("engine", "reference"):
         raise ValueError(f"engine must be 'engine' or 'reference', got {engine!r}")
     cfg = RolloutConfig(path=path, steps=steps, seed=seed, save_every=save_every, **settings)
+    if checkpoint_every % save_every:
+        raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of save_every "
+                         f"({save_every}) so a resumed run continues on a saved step")
     get_path(path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not isinstance(bundle, Bundle):
