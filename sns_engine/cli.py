@@ -1,4 +1,4 @@
-"""`sns-engine` command line: data, train, rollout, evaluate, plot."""
+"""`sns-engine` command line: data, train, rollout, evaluate, plot, study."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+STUDY_SIZES = (("trajectories", _positive), ("snapshots", _positive),
+               ("reference_trajectories", _positive), ("reference_snapshots", _positive),
+               ("trajectory_batch", _positive), ("train_steps", _positive), ("members", _positive),
+               ("horizon", _positive), ("save_every", _positive), ("windows", _positive),
+               ("stability_threshold", float), ("seed", int))
 
 
 def _overrides(items: list[str]) -> dict[str, object]:
@@ -100,6 +107,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print("wrote", args.output)
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from sns_engine.study import StudyError, load_recipe, run_study
+
+    settings = load_recipe(args.recipe) if args.recipe else {}
+    if args.system:
+        settings["system"] = args.system
+    if "system" not in settings:
+        raise StudyError("name the system (kolmogorov or qg) or pass --recipe")
+    for name in ("preset", "methods", *(name for name, _ in STUDY_SIZES)):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    for option, key in (("set", "overrides"), ("train_set", "train"), ("rollout_set", "rollout")):
+        settings[key] = {**settings.get(key, {}), **_overrides(getattr(args, option))}
+    report = run_study(out=args.out, quiet=args.quiet, device=args.device, **settings)
+    if not args.quiet:
+        print(f"wrote {report}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sns-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="solver store to compare with")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("study", help="data → train → rollout every method → evaluate → report "
+                       "(resumable; reruns skip finished stages)")
+    p.add_argument("system", nargs="?", help="kolmogorov or qg (or from --recipe)")
+    p.add_argument("--recipe", help="JSON recipe (e.g. recipes/qg-paper.json); options override it")
+    p.add_argument("--preset", help="system preset: cpu or paper (default cpu)")
+    p.add_argument("--out", required=True, help="study folder")
+    for name, kind in STUDY_SIZES:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    p.add_argument("--methods", nargs="+", help="rollout paths (default: emulator thermalizer "
+                   "left_down diagonal fix_short)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a system parameter, e.g. --set spinup_steps=300")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="training setting, e.g. --train-set preset=paper --train-set batch_size=8")
+    p.add_argument("--rollout-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="rollout setting, e.g. --rollout-set threshold=5")
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

@@ -63,6 +63,15 @@ def _mean_spectra(store: TrajectoryStore, trajectories, times) -> dict[str, torc
     return {n: v if n == "k" else v / count for n, v in total.items()}
 
 
+def _significant_shells(curves: dict[str, torch.Tensor], floor: float = 1e-6) -> dict[str, torch.Tensor]:
+    """Keep the shells up to the last one where every reference curve is above `floor` × its peak:
+    beyond, the solver's dealiasing/filtering leaves round-off-level energy whose relative error
+    would swamp the metric."""
+    ok = torch.stack([v >= floor * v.max() for n, v in curves.items() if n != "k"]).all(0)
+    last = int(ok.nonzero().max()) + 1 if ok.any() else len(ok)
+    return {n: v[..., :last] for n, v in curves.items()}
+
+
 def _subsample(n: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int))
 
@@ -81,7 +90,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
         raise ValueError(f"windows must be positive, got {windows}")
     n_ref, t_ref = ref.spec.trajectories, ref.spec.snapshots
     ref_times = _subsample(t_ref, sample)
-    ref_spectra = _mean_spectra(ref, range(n_ref), ref_times)
+    ref_spectra = _significant_shells(_mean_spectra(ref, range(n_ref), ref_times))
     ref_values = torch.from_numpy(np.asarray(ref.fields[:, ref_times])).double()
     n, t = ens.spec.trajectories, ens.spec.snapshots
     dt = ens.spec.snapshot_dt
@@ -96,7 +105,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     bounds = np.linspace(0, t, min(windows, t) + 1).round().astype(int)
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         data = torch.from_numpy(np.asarray(ens.fields[:, lo:hi])).double()
-        curves = field_spectra(ens, data)
+        curves = {k: v[..., :len(ref_spectra["k"])] for k, v in field_spectra(ens, data).items()}
         errors = {}
         for name in curve_names:
             per_snapshot = spectra.relative_spectrum_error(curves[name], ref_spectra[name])

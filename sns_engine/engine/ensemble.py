@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from sns_engine.bundle import Bundle, load_bundle
 from sns_engine.config import RolloutConfig
@@ -58,7 +61,10 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of save_every "
                          f"({save_every}) so a resumed run continues on a saved step")
     get_path(path)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shard = Shard.from_env(batch)
+    if device is None:
+        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
     emulator = bundle.model("emulator")
@@ -68,8 +74,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         denoiser = refiner_denoiser(bundle.model("refiner"))
     elif model == "thermalizer":
         denoiser = thermalizer_denoiser(bundle.model("thermalizer"))
-    members = torch.arange(member_offset, member_offset + batch)
-    x0 = initial_conditions(bundle, batch, initial, members).to(device)
+    everyone = torch.arange(member_offset, member_offset + batch)
+    members = everyone[shard.rows]
+    x0 = initial_conditions(bundle, batch, initial, everyone)[shard.rows].to(device)
 
     if engine == "reference":
         if out is not None:
@@ -86,23 +93,59 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         states, levels, moves = drive(eng, steps, save_every, quiet=quiet)
         scale = bundle.scale
         saved = (torch.stack(states, dim=1) * scale if states
-                 else torch.zeros(batch, 0, *x0.shape[1:]))
+                 else torch.zeros(len(members), 0, *x0.shape[1:]))
         return RolloutResult(saved, None, eng.flags.cpu(), eng.flagged_at.cpu(),
                              torch.stack(levels, 1), torch.stack(moves, 1), eng.stats)
 
-    store = ensemble_writer.create_ensemble_store(out, bundle.system, bundle.normalisation, cfg,
-                                                  batch, time_chunk=16, resume=resume,
-                                                  overwrite=overwrite)
+    def open_store(may_exist: bool):
+        return ensemble_writer.create_ensemble_store(
+            out, bundle.system, bundle.normalisation, cfg, batch, time_chunk=16, resume=may_exist,
+            overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk)
+
+    store = open_store(resume) if shard.rank == 0 else None
+    shard.barrier()  # rank 0 has created (or checked) the store
+    store = store or open_store(True)
     if resume:
-        saved_state = ensemble_writer.load_checkpoint(store)
+        saved_state = ensemble_writer.load_checkpoint(store, shard.rank)
         if saved_state is not None:
             eng.load_state(*saved_state)
-    writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step)
-    drive(eng, steps, save_every, writer=writer,
-          checkpoint=lambda step: ensemble_writer.save_checkpoint(store, eng.state_tensors(), step),
-          checkpoint_every=checkpoint_every, quiet=quiet)
+    writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step, shard.rows)
+    drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
+        store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet)
     writer.close(eng.flags, eng.flagged_at)
+    shard.barrier()
     root = store.root
     return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),
-                         torch.from_numpy(root["levels"][:]).long(),
-                         torch.from_numpy(root["moves"][:]).long(), eng.stats)
+                         torch.from_numpy(root["levels"][shard.rows]).long(),
+                         torch.from_numpy(root["moves"][shard.rows]).long(), eng.stats)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of an ensemble under `torchrun`: a contiguous, chunk-aligned range of
+    members. Every rank writes only its own rows (and chunks) of the one ensemble store; with a
+    single process the shard is everything. Multi-node works the same way (torchrun --nnodes)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    chunk: int           # members per rank (the last one may have fewer)
+    rows: slice
+
+    @classmethod
+    def from_env(cls, batch: int) -> Shard:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        if world > batch:
+            raise ValueError(f"{world} ranks for {batch} members: use at most one rank per member")
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        chunk = -(-batch // world)
+        if (world - 1) * chunk >= batch:
+            raise ValueError(f"{batch} members do not split over {world} ranks in chunks of {chunk}; "
+                             f"use a batch that is a multiple of {world}")
+        return cls(rank, world, int(os.environ.get("LOCAL_RANK", 0)), chunk,
+                   slice(rank * chunk, min((rank + 1) * chunk, batch)))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()

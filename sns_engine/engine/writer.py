@@ -28,13 +28,17 @@ from safetensors.torch import load_file, save_file
 from sns_engine.config import to_dict
 from sns_engine.data.store import StoreSpec, TrajectoryStore
 
-CHECKPOINT = "engine.safetensors"
+CHECKPOINT = "engine.safetensors"  # engine-r{rank}.safetensors for rank > 0 of a sharded run
 
 
 def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation: dict[str, Any],
-                          cfg, members: int, time_chunk: int, resume: bool,
-                          overwrite: bool) -> TrajectoryStore:
-    """The ensemble store for `members` members of `cfg` (a RolloutConfig); reopened to resume."""
+                          cfg, members: int, time_chunk: int, resume: bool, overwrite: bool,
+                          member_chunk: int | None = None) -> TrajectoryStore:
+    """The ensemble store for `members` members of `cfg` (a RolloutConfig); reopened to resume.
+
+    Per-member arrays are chunked by `member_chunk` members (default: all), so ranks that own
+    disjoint, chunk-aligned member ranges never write the same chunk."""
+    member_chunk = member_chunk or members
     spec = StoreSpec(
         system=system["name"], preset=system["preset"], params=system["params"],
         channels=system["channels"], channel_names=tuple(system["channel_names"]),
@@ -49,13 +53,14 @@ def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation
     store = TrajectoryStore.create(out, spec, overwrite=overwrite and not resume)
     root = store.root
     if "levels" not in root:
-        root.create_array("levels", shape=(members, cfg.steps, 2), chunks=(members, time_chunk, 2),
+        root.create_array("levels", shape=(members, cfg.steps, 2), chunks=(member_chunk, time_chunk, 2),
                           dtype="int16", fill_value=-1, dimension_names=("trajectory", "step", "pair"))
-        root.create_array("moves", shape=(members, cfg.steps), chunks=(members, time_chunk),
+        root.create_array("moves", shape=(members, cfg.steps), chunks=(member_chunk, time_chunk),
                           dtype="int16", fill_value=-1, dimension_names=("trajectory", "step"))
-        root.create_array("flags", shape=(members,), dtype="int32", dimension_names=("trajectory",))
-        root.create_array("flagged_at", shape=(members,), dtype="int64", fill_value=-1,
+        root.create_array("flags", shape=(members,), chunks=(member_chunk,), dtype="int32",
                           dimension_names=("trajectory",))
+        root.create_array("flagged_at", shape=(members,), chunks=(member_chunk,), dtype="int64",
+                          fill_value=-1, dimension_names=("trajectory",))
         root.attrs["normalisation"] = normalisation
         root.attrs["rollout"] = to_dict(cfg)
     elif root.attrs.get("rollout") != to_dict(cfg):
@@ -67,8 +72,10 @@ def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation
 class EnsembleWriter:
     """Background writer: `put` per physical step, `flush` before a checkpoint, `close` at the end."""
 
-    def __init__(self, store: TrajectoryStore, scale: torch.Tensor, save_every: int, start_step: int):
+    def __init__(self, store: TrajectoryStore, scale: torch.Tensor, save_every: int, start_step: int,
+                 members: slice | None = None):
         self.store, self.save_every = store, save_every
+        self.members = members or slice(0, store.spec.trajectories)  # the rows this writer owns
         self.scale = scale.cpu().numpy()[None, None]     # (1, 1, C, 1, 1)
         self.chunk = store.spec.time_chunk
         self.saves: list[torch.Tensor] = []
@@ -122,16 +129,17 @@ class EnsembleWriter:
                 if kind == "fields":
                     start, saves = payload
                     states = np.stack([s.numpy() for s in saves], axis=1) * self.scale
-                    self.store.fields[:, start:start + states.shape[1]] = states.astype(np.float32)
+                    self.store.fields[self.members, start:start + states.shape[1]] = states.astype(np.float32)
                 elif kind == "steps":
                     start, steps = payload
                     levels = np.stack([lv.numpy() for lv, _ in steps], axis=1).astype(np.int16)
                     moves = np.stack([mv.numpy() for _, mv in steps], axis=1).astype(np.int16)
-                    root["levels"][:, start:start + levels.shape[1]] = levels
-                    root["moves"][:, start:start + moves.shape[1]] = moves
+                    root["levels"][self.members, start:start + levels.shape[1]] = levels
+                    root["moves"][self.members, start:start + moves.shape[1]] = moves
                 else:
                     flags, flagged_at = payload
-                    root["flags"][:], root["flagged_at"][:] = flags.numpy(), flagged_at.numpy()
+                    root["flags"][self.members] = flags.numpy()
+                    root["flagged_at"][self.members] = flagged_at.numpy()
             except BaseException as err:  # surfaced in the rollout thread by _raise
                 self.error = err
             finally:
@@ -160,9 +168,14 @@ def _event():
     return event
 
 
-def save_checkpoint(store: TrajectoryStore, tensors: dict[str, torch.Tensor], next_step: int) -> None:
+def checkpoint_file(store: TrajectoryStore, rank: int = 0) -> Path:
+    return store.path / (CHECKPOINT if rank == 0 else f"engine-r{rank}.safetensors")
+
+
+def save_checkpoint(store: TrajectoryStore, tensors: dict[str, torch.Tensor], next_step: int,
+                    rank: int = 0) -> None:
     """Engine state after `next_step` physical steps, one atomic file (written after a flush)."""
-    file = store.path / CHECKPOINT
+    file = checkpoint_file(store, rank)
     tmp = file.with_suffix(".tmp")
     payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     payload["next_step"] = torch.tensor(next_step)
@@ -170,9 +183,9 @@ def save_checkpoint(store: TrajectoryStore, tensors: dict[str, torch.Tensor], ne
     tmp.replace(file)
 
 
-def load_checkpoint(store: TrajectoryStore) -> tuple[dict[str, torch.Tensor], int] | None:
+def load_checkpoint(store: TrajectoryStore, rank: int = 0) -> tuple[dict[str, torch.Tensor], int] | None:
     """The saved engine state and its step, or None for a run that never checkpointed."""
-    file = store.path / CHECKPOINT
+    file = checkpoint_file(store, rank)
     if not file.exists():
         return None
     tensors = load_file(str(file))

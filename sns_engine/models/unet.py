@@ -10,10 +10,12 @@ Layout (DESIGN.md §3; no normalisation anywhere, GELU, circular padding):
   preset: 64·128·256·512 on 64², 32², 16², 8²).
 - Every encoder unit (stem, residual block, downsampling) pushes its output on a skip stack; the
   decoder has blocks_per_level + 1 residual blocks per level, each popping one skip and reading
-  torch.cat([h, skip]) with its first conv.
+  torch.cat([h, skip]) with its first conv (the Triton backend reads h and skip without the cat).
 - `ResidualBlock`: out = shortcut(x) + GELU(conv2(GELU(conv1(x)))), shortcut = identity or a
   1×1 conv when the channel count changes. Each conv is conv → bias → activation, and the last
   is followed by the residual add: the sequence a fused conv kernel implements.
+  `UNet.set_backend("triton")` runs every residual block through those kernels
+  (ops.conv_block; inference only); "torch", the default, is the plain torch composition.
 - Downsampling is a stride-2 3×3 conv with circular padding: learnable (unlike pooling), one op,
   and it commutes with shifts by 2 pixels, so the network stays periodic.
 - Upsampling is a 2×2 stride-2 transposed conv: each pixel writes its own 2×2 patch, so there is
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sns_engine.config import ConfigError
+from sns_engine.ops.conv_block import check_conv_backend, residual_block
 
 GELU_GAIN = math.sqrt(2.0)   # He gain: keeps the second moment through a (near-)rectifier
 
@@ -149,7 +152,10 @@ def circular_conv(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn
 
 
 class ResidualBlock(nn.Module):
-    """out = shortcut(x) + GELU(conv2(GELU(conv1(x)))), 3×3 circular convs, no normalisation."""
+    """out = shortcut(x) + GELU(conv2(GELU(conv1(x)))), 3×3 circular convs, no normalisation.
+
+    forward(x, skip) reads x = cat([x, skip], 1) (the decoder's skip connection). `backend` (a
+    plain attribute, not in the state_dict) picks ops.conv_block's implementation."""
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -160,10 +166,10 @@ class ResidualBlock(nn.Module):
         init_layer(self.conv2, 0.0)
         if isinstance(self.shortcut, nn.Conv2d):
             init_layer(self.shortcut, 1.0)
+        self.backend = "torch"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.conv1(x))
-        return self.shortcut(x) + F.gelu(self.conv2(h))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        return residual_block(self, x, skip, self.backend)
 
 
 class SelfAttention(nn.Module):
@@ -250,6 +256,15 @@ class UNet(nn.Module):
             LevelHead(chans[-1], bottleneck, cfg.head_channels, cfg.head_hidden or cfg.head_classes,
                       cfg.head_classes) for _ in range(cfg.heads))
 
+    def set_backend(self, backend: str) -> UNet:
+        """Run every ResidualBlock with ops.conv_block `backend`: "torch" (default), "triton"
+        (fused kernels, inference only) or "auto". Weights and state_dict are unchanged."""
+        check_conv_backend(backend)
+        for module in self.modules():
+            if isinstance(module, ResidualBlock):
+                module.backend = backend
+        return self
+
     def _check(self, x: torch.Tensor) -> None:
         cfg = self.cfg
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[-2:] != (cfg.grid, cfg.grid):
@@ -274,7 +289,10 @@ class UNet(nn.Module):
         """Decoder output from bottleneck features; consumes the skip stack."""
         for i, level in enumerate(self.decoder):
             for unit in level:
-                h = unit(torch.cat([h, skips.pop()], dim=1))
+                block, *after = unit if isinstance(unit, nn.Sequential) else (unit,)
+                h = block(h, skips.pop())
+                for module in after:
+                    h = module(h)
             if i < len(self.up):
                 h = self.up[i](h)
         return self.out(h)

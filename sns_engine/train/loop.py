@@ -258,9 +258,11 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
             history.append({"step": trainer.step, "train_loss": loss.item(), **parts,
                             "val_loss": validate(trainer, run_loss, val_set)})
         if rank == 0 and (trainer.step % cfg.checkpoint_every == 0 or last):
-            save_checkpoint(out, trainer, history)
+            # model first: a kill in between leaves a newer model and an older checkpoint,
+            # from which a resumed run simply redoes the last few steps
             save_model(out, config, cfg.model, unet_cfg, trainer.ema.state_dict(),
                        {"train": to_dict(cfg), "step": trainer.step})
+            save_checkpoint(out, trainer, history)
     bar.close()
     if world > 1:
         dist.barrier()

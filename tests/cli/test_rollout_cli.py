@@ -96,3 +96,17 @@ def test_rollout_resumes_after_kill(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(b.fields[:], a.fields[:])
     np.testing.assert_array_equal(b.root["levels"][:], a.root["levels"][:])
     np.testing.assert_array_equal(b.root["moves"][:], a.root["moves"][:])
+
+
+def test_two_rank_sharded_rollout_equals_single_process(tiny_bundle, tmp_path):
+    args = ["rollout", "--bundle", tiny_bundle, "--batch", 4, "--steps", 5, "--quiet"]
+    single, sharded = tmp_path / "single.zarr", tmp_path / "sharded.zarr"
+    cli(*args, "--out", single)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=29541", "-m", "sns_engine.cli", *map(str, args), "--out", str(sharded)],
+                   env=ENV, check=True, capture_output=True)
+    a, b = TrajectoryStore(single), TrajectoryStore(sharded)
+    np.testing.assert_allclose(b.fields[:], a.fields[:], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(b.root["levels"][:], a.root["levels"][:])
+    assert b.root["levels"].chunks[0] == 2  # each rank owns whole chunks
+    assert (b.path / "engine.safetensors").exists() and (b.path / "engine-r1.safetensors").exists()

@@ -1,0 +1,95 @@
+"""The refine tick and the re-noise: fused kernels against the torch reference, across batches.
+
+State: QG-sized frames (2 × 64 × 64), every member moving both frames at level N = 1000 (the
+cosine schedule's tables), levels reset before each round. extra_info: bytes_moved (per moving
+frame and pixel: frame read + ε̂ read + frame written; the noise is made in registers) and the
+resulting GB/s, to set against the memory roofline (H200: ~4.8 TB/s).
+CPU runs the torch path only (Triton needs CUDA outside the tests' interpreter); the triton and
+cuda cases skip without CUDA (and the extension). Run: `pytest bench/test_ddpm_update.py
+--benchmark-only`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.ops import cuda_ext, rng
+from sns_engine.ops.update import ddpm_tick, renoise
+
+FRAME = (2, 64, 64)
+SCHEDULE = CosineSchedule(1000)
+CPU_BATCHES = [1, 16, 64]
+GPU_BATCHES = [1, 64, 256, 1024]
+HAS_CUDA = torch.cuda.is_available()
+HAS_CUDA_EXT = HAS_CUDA and cuda_ext.unavailable_reason() is None
+CASES = ([("torch", "cpu", b) for b in CPU_BATCHES]
+         + [pytest.param(backend, "cuda", b, marks=pytest.mark.skipif(
+             not (HAS_CUDA_EXT if backend == "cuda" else HAS_CUDA), reason=f"{backend} needs CUDA"))
+            for backend in ("torch", "triton", "cuda") for b in GPU_BATCHES])
+
+
+def _state(batch: int, device: str, eps_dtype: torch.dtype) -> dict:
+    g = torch.Generator().manual_seed(0)
+    top = SCHEDULE.num_levels
+    state = {
+        "x": torch.randn(batch, *FRAME, generator=g), "y": torch.randn(batch, *FRAME, generator=g),
+        "eps_x": torch.randn(batch, *FRAME, generator=g).to(eps_dtype),
+        "eps_y": torch.randn(batch, *FRAME, generator=g).to(eps_dtype),
+        "n_x": torch.full((batch,), top, dtype=torch.int32),
+        "n_y": torch.full((batch,), top, dtype=torch.int32),
+        "moves": torch.full((batch, 2), 3, dtype=torch.int32),
+        "counts": torch.full((batch, 2), 2**30, dtype=torch.int32),
+        "member": torch.arange(batch), "step": torch.zeros(batch, dtype=torch.int32), "seed": 0,
+        "coefs": torch.stack([SCHEDULE.recip_sqrt_alpha, SCHEDULE.eps_coef, SCHEDULE.sigma]),
+    }
+    return {k: v.to(device).contiguous() if isinstance(v, torch.Tensor) else v
+            for k, v in state.items()}
+
+
+def _record(benchmark, bytes_moved: int) -> None:
+    benchmark.extra_info.update(bytes_moved=bytes_moved,
+                                gb_per_s=bytes_moved / benchmark.stats.stats.mean / 1e9)
+
+
+def _rounds(device: str) -> dict:
+    return dict(rounds=50, warmup_rounds=3) if device == "cuda" else dict(rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("eps_dtype", [torch.float32, torch.bfloat16], ids=["eps_fp32", "eps_bf16"])
+@pytest.mark.parametrize("backend, device, batch", CASES)
+def test_ddpm_tick(benchmark, backend, device, batch, eps_dtype):
+    s = _state(batch, device, eps_dtype)
+    args = [s[k] for k in ("x", "y", "eps_x", "eps_y", "n_x", "n_y", "moves", "counts", "member",
+                           "step", "seed", "coefs")]
+
+    def reset():
+        s["n_x"].fill_(SCHEDULE.num_levels)
+        s["n_y"].fill_(SCHEDULE.num_levels)
+
+    def tick():
+        ddpm_tick(*args, backend=backend)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(tick, setup=reset, **_rounds(device))
+    numel = math.prod(FRAME)
+    _record(benchmark, 2 * batch * numel * (4 + eps_dtype.itemsize + 4))
+
+
+@pytest.mark.parametrize("backend, device, batch", CASES)
+def test_renoise(benchmark, backend, device, batch):
+    s = _state(batch, device, torch.float32)
+
+    def run():
+        renoise(s["x"], s["n_x"], s["member"], s["step"], 0, SCHEDULE.sqrt_alpha_bar.to(device),
+                SCHEDULE.sqrt_one_minus_alpha_bar.to(device), rng.STREAM_RENOISE_X,
+                backend=backend)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(run, **_rounds(device))
+    _record(benchmark, batch * math.prod(FRAME) * 8)

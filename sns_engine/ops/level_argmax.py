@@ -1,0 +1,45 @@
+"""Argmax of a level head's last linear layer: torch reference + dispatch to Triton / CUDA.
+
+    idx[b]   = argmax_k  features[b] · weight[k] + bias[k]          ties → the lowest k
+    p_max[b] = softmax(logits[b])[idx[b]] = 1 / Σ_k exp(logits[b, k] − max_k logits[b, k])
+
+The kernels never write the (B, K) logits; the reference here does (it is the CPU path and the
+oracle). Logits are assumed finite.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sns_engine.kernels import level_argmax as kernel
+from sns_engine.ops import cuda_ext
+from sns_engine.ops.dispatch import resolve_backend
+
+
+def level_argmax_reference(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           return_max_prob: bool = False):
+    """The op in plain torch: float64 if any input is float64 (the tests' oracle), else float32."""
+    wide = torch.float64 in (features.dtype, weight.dtype, bias.dtype)
+    dtype = torch.float64 if wide else torch.float32
+    logits = torch.addmm(bias.to(dtype), features.to(dtype), weight.to(dtype).T)
+    idx = logits.argmax(dim=1)  # torch returns the first maximal index
+    if not return_max_prob:
+        return idx
+    p_max = torch.exp(logits.amax(dim=1) - torch.logsumexp(logits, dim=1))
+    return idx, p_max
+
+
+def level_argmax(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 return_max_prob: bool = False, backend: str | None = "auto"):
+    """idx (B,) int64 [and p_max (B,) float32] of features (B, F) @ weight (K, F)ᵀ + bias (K,).
+
+    Inputs float32 or bfloat16, contiguous, on one device. backend as in ops.dispatch."""
+    which = resolve_backend(backend, features.device)
+    if which == "triton":
+        return kernel.level_argmax(features, weight, bias, return_max_prob)
+    kernel.check_level_argmax("level_argmax", features, weight, bias)
+    if which == "cuda":
+        idx, p_max = cuda_ext.load().level_argmax(features, weight, bias, return_max_prob)
+        return (idx, p_max) if return_max_prob else idx
+    out = level_argmax_reference(features, weight, bias, return_max_prob)
+    return (out[0], out[1].float()) if return_max_prob else out
