@@ -16,6 +16,7 @@ from sns_engine.engine import writer as ensemble_writer
 from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
 from sns_engine.engine.reference import reference_rollout
 from sns_engine.engine.rollout import Engine, RolloutResult, drive
+from sns_engine.ops.dispatch import resolve_backend
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "default_bundle"
 
@@ -67,6 +68,10 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     device = torch.device(device)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
+    backend = resolve_backend(backend, device)
+    if backend != "torch":  # fused Triton conv blocks in every U-Net (weights unchanged)
+        for model_ in bundle.models.values():
+            model_.unet.set_backend("triton")
     emulator = bundle.model("emulator")
     model = get_path(path).model
     denoiser = None
