@@ -1,6 +1,7 @@
 """Ensemble engine vs the paper code's batched loop (and vs the per-member oracle, for information).
 
-Same bundle (the embedded default, `small` preset), path `left_down`, same initial states, one
+Same bundle (the embedded default, `small` preset), path `left_down` with activation threshold 0
+(every member refines), same initial states, one
 physical step per round, `renoise=False` (the setting in which the estimate forward can be
 reused). extra_info: member-steps/s, forwards per physical step, useful member-forward fraction.
 Run: `pytest bench --benchmark-only` (CPU: torch paths; the GPU section needs CUDA).
@@ -31,7 +32,7 @@ def _setup(device: str, batch: int):
 
 
 def _engine_round(bundle, x0, graphs=False, bf16=False, steps=1):
-    cfg = RolloutConfig(path="left_down", steps=steps, renoise=False)
+    cfg = RolloutConfig(path="left_down", steps=steps, renoise=False, threshold=0)
     engine = Engine(bundle.model("emulator"), refiner_denoiser(bundle.model("refiner")),
                     bundle.schedule, x0, cfg, graphs=graphs, bf16=bf16)
     for _ in range(steps):
@@ -56,7 +57,7 @@ def test_paper_loop_cpu(benchmark, batch):
     bundle, x0 = _setup("cpu", batch)
     refiner = bundle.model("refiner")
     forwards = benchmark.pedantic(
-        lambda: paper_style_step(bundle.model("emulator"), refiner, bundle.schedule, x0, x0)[1],
+        lambda: paper_style_step(bundle.model("emulator"), refiner, bundle.schedule, x0, x0, 0)[1],
         rounds=3, iterations=1)
     benchmark.extra_info.update(member_steps_per_s=batch / benchmark.stats.stats.mean,
                                 forwards_per_step=forwards, useful_fraction=1.0)

@@ -110,3 +110,11 @@ def test_two_rank_sharded_rollout_equals_single_process(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(b.root["levels"][:], a.root["levels"][:])
     assert b.root["levels"].chunks[0] == 2  # each rank owns whole chunks
     assert (b.path / "engine.safetensors").exists() and (b.path / "engine-r1.safetensors").exists()
+
+
+def test_default_bundle_rollout_as_documented(tmp_path):
+    code = ("import sns_engine; r = sns_engine.rollout(batch=8, steps=5); "
+            "assert r.states.shape == (8, 5, 1, 64, 64); assert not r.diverged.any(); print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "ok"
