@@ -17,19 +17,14 @@ import pytest
 import torch
 
 from sns_engine.diffusion.schedule import CosineSchedule
-from sns_engine.ops import cuda_ext, rng
+from sns_engine.ops import rng
 from sns_engine.ops.update import ddpm_tick, renoise
+
+from .cases import backend_cases
 
 FRAME = (2, 64, 64)
 SCHEDULE = CosineSchedule(1000)
-CPU_BATCHES = [1, 16, 64]
-GPU_BATCHES = [1, 64, 256, 1024]
-HAS_CUDA = torch.cuda.is_available()
-HAS_CUDA_EXT = HAS_CUDA and cuda_ext.unavailable_reason() is None
-CASES = ([("torch", "cpu", b) for b in CPU_BATCHES]
-         + [pytest.param(backend, "cuda", b, marks=pytest.mark.skipif(
-             not (HAS_CUDA_EXT if backend == "cuda" else HAS_CUDA), reason=f"{backend} needs CUDA"))
-            for backend in ("torch", "triton", "cuda") for b in GPU_BATCHES])
+CASES = backend_cases([1, 16, 64])
 
 
 def _state(batch: int, device: str, eps_dtype: torch.dtype) -> dict:

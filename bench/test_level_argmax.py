@@ -12,18 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sns_engine.ops import cuda_ext
 from sns_engine.ops.level_argmax import level_argmax
 
+from .cases import backend_cases
+
 WIDTH, CLASSES = 1000, 1001
-CPU_BATCHES = [1, 16, 64, 256]
-GPU_BATCHES = [1, 64, 256, 1024]
-HAS_CUDA = torch.cuda.is_available()
-HAS_CUDA_EXT = HAS_CUDA and cuda_ext.unavailable_reason() is None
-CASES = ([("torch", "cpu", b) for b in CPU_BATCHES]
-         + [pytest.param(backend, "cuda", b, marks=pytest.mark.skipif(
-             not (HAS_CUDA_EXT if backend == "cuda" else HAS_CUDA), reason=f"{backend} needs CUDA"))
-            for backend in ("torch", "triton", "cuda") for b in GPU_BATCHES])
+CASES = backend_cases([1, 16, 64, 256])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
