@@ -75,7 +75,9 @@ def test_bad_input_is_one_line_error(tmp_path, args, message):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2  # argparse prints usage + one line
+    lines = result.stderr.strip().splitlines()
+    assert sum("error:" in line for line in lines) == 1 and "error:" in lines[-1]  # usage + one line
+    assert "Traceback" not in result.stderr
 
 
 def test_existing_store_with_other_parameters_is_kept(tiny_kolmogorov):
