@@ -39,14 +39,28 @@ def _noised_update(frame: torch.Tensor, on: torch.Tensor, level: torch.Tensor, a
                    s: torch.Tensor, seed: int, member: torch.Tensor, step: torch.Tensor,
                    stream: int, eps: torch.Tensor | None = None, c: torch.Tensor | None = None
                    ) -> None:
-    """In place, for members where `on`: frame ← a[n]·frame (− c[n]·ε̂) + s[n]·z, n = level."""
-    n = torch.where(on, level, 0).long()
+    """In place, for members where `on`: frame ← a[n]·frame (− c[n]·ε̂) + s[n]·z, n = level.
+
+    On CUDA every row is computed and the result masked (no host sync: graph-capturable). On the
+    CPU only the rows that move are computed: the noise is keyed by member, not by row, so the
+    values are the same, and the Philox draws (the bulk of the work) are not wasted."""
+    if frame.is_cuda:
+        rows = slice(None)
+    else:
+        rows = on.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+    n = torch.where(on, level, 0).long()[rows]
     col = (-1,) + (1,) * (frame.ndim - 1)
-    z = rng.normal(seed, member, step, n, stream, tuple(frame.shape[1:]), frame.dtype)
-    new = a.to(frame.dtype)[n].reshape(col) * frame + s.to(frame.dtype)[n].reshape(col) * z
+    step = step[rows] if isinstance(step, torch.Tensor) and step.ndim else step
+    z = rng.normal(seed, member[rows], step, n, stream, tuple(frame.shape[1:]), frame.dtype)
+    new = a.to(frame.dtype)[n].reshape(col) * frame[rows] + s.to(frame.dtype)[n].reshape(col) * z
     if eps is not None:
-        new -= c.to(frame.dtype)[n].reshape(col) * eps.to(frame.dtype)
-    frame.copy_(torch.where(on.reshape(col), new, frame))
+        new -= c.to(frame.dtype)[n].reshape(col) * eps[rows].to(frame.dtype)
+    if frame.is_cuda:
+        frame.copy_(torch.where(on.reshape(col), new, frame))
+    else:
+        frame[rows] = new
 
 
 def tick_reference(x, y, eps_x, eps_y, n_x, n_y, moves, counts, member, step, seed: int,

@@ -22,11 +22,25 @@ def history(bundle: Path, model: str) -> list[dict]:
     return json.loads((bundle / "train" / f"{model}.json").read_text())["history"]
 
 
+@pytest.fixture(scope="module")
+def coarse_kolmogorov(tmp_path_factory):
+    """Tiny data with 50 solver steps between snapshots: the emulator starts as the identity
+    (zero-initialised output), which is already near-optimal for 5-step snapshots."""
+    from sns_engine.cli import main
+
+    out = tmp_path_factory.mktemp("coarse") / "k.zarr"
+    main(["data", "kolmogorov", "--trajectories", "4", "--snapshots", "30", "--out", str(out),
+          "--set", "solver_grid=32", "--set", "output_grid=32", "--set", "spinup_steps=200",
+          "--set", "steps_per_snapshot=50", "--quiet"])
+    return out
+
+
 @pytest.mark.parametrize("model", ["emulator", "refiner", "thermalizer"])
-def test_loss_falls(tiny_kolmogorov, tmp_path, model):
+def test_loss_falls(tiny_kolmogorov, coarse_kolmogorov, tmp_path, model):
     cfg = TrainConfig(model=model, steps=40, batch_size=8, lag=10, lr=1e-3, val_every=20,
                       checkpoint_every=20)
-    train(cfg, tiny_kolmogorov, tmp_path / "b", quiet=True)
+    train(cfg, coarse_kolmogorov if model == "emulator" else tiny_kolmogorov, tmp_path / "b",
+          quiet=True)
     h = history(tmp_path / "b", model)
     assert h[-1]["val_loss"] < 0.8 * h[0]["val_loss"], h
 
@@ -160,4 +174,5 @@ def test_ddp_step_equals_single_process_step(tiny_kolmogorov, tmp_path):
     params = [k for k in a if k.startswith("model.")]
     assert params
     for key in params:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+        # one Adam step moves a weight by up to lr = 1e-3; summation order may move it ~1e-6
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-5)
