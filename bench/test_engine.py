@@ -66,7 +66,7 @@ def test_paper_loop_cpu(benchmark, batch):
 @pytest.mark.parametrize("batch", [1, 16])
 def test_reference_oracle_cpu(benchmark, batch):
     bundle, x0 = _setup("cpu", batch)
-    cfg = RolloutConfig(path="left_down", steps=1, renoise=False)
+    cfg = RolloutConfig(path="left_down", steps=1, renoise=False, threshold=0)
     benchmark.pedantic(reference_rollout, args=(
         bundle.model("emulator"), refiner_denoiser(bundle.model("refiner")), bundle.schedule, x0,
         cfg, CounterNoise(0)), rounds=1, iterations=1)
