@@ -1,9 +1,10 @@
 """Ensemble engine vs the paper code's batched loop (and vs the per-member oracle, for information).
 
 Same bundle (the embedded default, `small` preset), path `left_down` with activation threshold 0
-(every member refines), same initial states, one
-physical step per round, `renoise=False` (the setting in which the estimate forward can be
-reused). extra_info: member-steps/s, forwards per physical step, useful member-forward fraction.
+(every member refines), same initial states, one physical step per round (five on the GPU),
+`renoise=False` (the setting in which the estimate forward can be reused). On the CPU the two run
+side by side per batch size: `pytest bench/test_engine.py --benchmark-only -k left_down_cpu`.
+extra_info: member-steps/s, forwards per physical step, useful member-forward fraction.
 Run: `pytest bench --benchmark-only` (CPU: torch paths; the GPU section needs CUDA).
 """
 
@@ -17,7 +18,7 @@ from sns_engine.config import RolloutConfig
 from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser
 from sns_engine.engine.ensemble import DEFAULT_BUNDLE, initial_conditions
 from sns_engine.engine.reference import reference_rollout
-from sns_engine.engine.rollout import Engine
+from sns_engine.engine.rollout import CPU_CHUNK, Engine
 
 from .paper_loop import paper_style_step
 
@@ -31,36 +32,37 @@ def _setup(device: str, batch: int):
     return bundle, x0
 
 
-def _engine_round(bundle, x0, graphs=False, bf16=False, steps=1):
-    cfg = RolloutConfig(path="left_down", steps=steps, renoise=False, threshold=0)
-    engine = Engine(bundle.model("emulator"), refiner_denoiser(bundle.model("refiner")),
-                    bundle.schedule, x0, cfg, graphs=graphs, bf16=bf16)
-    for _ in range(steps):
-        engine.step()
-    if x0.is_cuda:
-        torch.cuda.synchronize()
-    return engine
+def _engine(bundle, x0, graphs=False, bf16=False, **kw) -> Engine:
+    cfg = RolloutConfig(path="left_down", steps=1, renoise=False, threshold=0)
+    return Engine(bundle.model("emulator"), refiner_denoiser(bundle.model("refiner")),
+                  bundle.schedule, x0, cfg, graphs=graphs, bf16=bf16, **kw)
 
 
-@pytest.mark.parametrize("batch", CPU_BATCHES)
-def test_engine_cpu(benchmark, batch):
+@pytest.mark.parametrize("impl", ["engine", "engine_unchunked", "paper_loop"])
+@pytest.mark.parametrize("batch", CPU_BATCHES)  # the slower-varying parameter: side by side
+def test_left_down_cpu(benchmark, batch, impl):
+    """One physical step from the same states, engine and paper loop side by side per batch size.
+    The engine is built once (a rollout builds it once for all its steps); an untimed setup resets
+    it to step 0 before every round, so each round does the same work as the paper loop's.
+    `engine_unchunked` makes every network call on the whole packed batch (cpu_chunk=None), to
+    tell the gain of the engine's CPU chunking from that of its scheduling."""
     bundle, x0 = _setup("cpu", batch)
-    engine = benchmark.pedantic(_engine_round, args=(bundle, x0), rounds=3, iterations=1)
-    s = engine.stats
-    benchmark.extra_info.update(
-        member_steps_per_s=batch / benchmark.stats.stats.mean,
-        forwards_per_step=s.forwards_per_step, useful_fraction=s.useful_fraction)
-
-
-@pytest.mark.parametrize("batch", CPU_BATCHES)
-def test_paper_loop_cpu(benchmark, batch):
-    bundle, x0 = _setup("cpu", batch)
-    refiner = bundle.model("refiner")
-    forwards = benchmark.pedantic(
-        lambda: paper_style_step(bundle.model("emulator"), refiner, bundle.schedule, x0, x0, 0)[1],
-        rounds=3, iterations=1)
+    rounds = max(3, 32 // batch)  # small batches are quick and noisier: more rounds
+    if impl.startswith("engine"):
+        engine = _engine(bundle, x0, cpu_chunk=None if impl == "engine_unchunked" else CPU_CHUNK)
+        start = {k: v.clone() for k, v in engine.state_tensors().items()}
+        engine.step()  # warm-up, as the paper loop gets below
+        benchmark.pedantic(engine.step, setup=lambda: engine.load_state(start, 0), rounds=rounds)
+        forwards, useful = engine.stats.forwards_per_step, engine.stats.useful_fraction
+    else:
+        def step():
+            return paper_style_step(bundle.model("emulator"), bundle.model("refiner"),
+                                    bundle.schedule, x0, x0, threshold=0)[1]
+        step()
+        forwards = benchmark.pedantic(step, rounds=rounds)
+        useful = 1.0
     benchmark.extra_info.update(member_steps_per_s=batch / benchmark.stats.stats.mean,
-                                forwards_per_step=forwards, useful_fraction=1.0)
+                                forwards_per_step=forwards, useful_fraction=useful)
 
 
 @pytest.mark.parametrize("batch", [1, 16])
@@ -82,9 +84,18 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("bf16", [True, False])
 def test_engine_gpu(benchmark, batch, graphs, bf16):
     bundle, x0 = _setup("cuda", batch)
-    _engine_round(bundle, x0, graphs, bf16, steps=2)  # capture graphs, autotune
-    engine = benchmark.pedantic(_engine_round, args=(bundle, x0, graphs, bf16, 5), rounds=3)
-    benchmark.extra_info.update(member_steps_per_s=5 * batch / benchmark.stats.stats.mean,
+    engine = _engine(bundle, x0, graphs, bf16)
+    start = {k: v.clone() for k, v in engine.state_tensors().items()}
+    steps = 5
+
+    def run():
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+
+    run()  # capture the graphs, autotune
+    benchmark.pedantic(run, setup=lambda: engine.load_state(start, 0), rounds=3)
+    benchmark.extra_info.update(member_steps_per_s=steps * batch / benchmark.stats.stats.mean,
                                 forwards_per_step=engine.stats.forwards_per_step,
                                 useful_fraction=engine.stats.useful_fraction)
 

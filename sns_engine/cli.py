@@ -176,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--checkpoint-every", type=_positive, default=50,
-                   help="steps between resume checkpoints (a multiple of --save-every)")
+    p.add_argument("--checkpoint-every", type=_positive, default=None,
+                   help="steps between resume checkpoints, a multiple of --save-every "
+                        "(default: the first at or above 50)")
     p.add_argument("--resume", action="store_true", help="continue a killed rollout in --out")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -255,7 +255,6 @@ def _rollout_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, reference: Pat
     from sns_engine.engine.ensemble import rollout
 
     fresh = log.ran("data", "train")  # rollouts of older models are redone, not resumed
-    checkpoint_every = cfg.save_every * -(-50 // cfg.save_every)  # ≥ 50 steps, on a saved step
     costs: dict[str, dict[str, Any]] = {}
     bundle = initial = None
     for method in cfg.methods:
@@ -272,7 +271,7 @@ def _rollout_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, reference: Pat
             start = time.perf_counter()
             result = rollout(bundle, batch=cfg.members, steps=cfg.horizon, path=method,
                              initial=initial, out=store, device=device, seed=cfg.seed,
-                             save_every=cfg.save_every, checkpoint_every=checkpoint_every,
+                             save_every=cfg.save_every,
                              resume=resume, overwrite=not resume, quiet=quiet, **cfg.rollout)
             costs[method] = rollout_cost(result.stats, time.perf_counter() - start, cfg.members)
             write_json(cost_file, costs[method])

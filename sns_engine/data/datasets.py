@@ -10,6 +10,8 @@ reference code's fixed-std normalisation; the mean is kept, as the fields are ~z
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,16 +21,22 @@ from torch.utils.data import Dataset
 from sns_engine.data.store import StoreError, TrajectoryStore
 
 
+def memory_budget() -> int:
+    """Bytes a dataset may hold in memory by default: half of this machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
 class FrameWindows(Dataset):
     """Frames x_{t+o} for o in `offsets`, for every trajectory and every valid anchor t.
 
     `trajectories` selects which trajectories (e.g. a train/validation split). The selected data
-    is loaded into memory once (float32), which suits CPU-scale datasets; `max_bytes` guards it.
+    is loaded into memory once (float32, normalised in place: no second copy); `max_bytes` guards
+    it and defaults to half of this machine's physical memory (`memory_budget`).
     """
 
     def __init__(self, store: TrajectoryStore, offsets: Sequence[int],
                  trajectories: Sequence[int] | None = None, normalise: bool = True,
-                 max_bytes: int = 8 << 30):
+                 max_bytes: int | None = None):
         self.offsets = tuple(int(o) for o in offsets)
         if not self.offsets:
             raise ValueError("offsets must name at least one frame")
@@ -41,18 +49,23 @@ class FrameWindows(Dataset):
         if self.anchors <= 0:
             raise StoreError(f"{store.path} has {spec.snapshots} snapshots per trajectory, fewer "
                              f"than the {hi - lo + 1} a window of offsets {self.offsets} spans")
-        nbytes = len(trajectories) * spec.snapshots * spec.channels * spec.grid**2 * 4
-        if nbytes > max_bytes:
-            raise MemoryError(f"{nbytes / 2**30:.1f} GiB of frames exceed max_bytes; "
-                              "select fewer trajectories")
-        data = np.stack([np.asarray(store.fields[i]) for i in trajectories])
-        if not np.isfinite(data).all():
-            raise StoreError(f"{store.path} holds NaN/Inf (an unfinished generation?); "
-                             "rerun the `sns-engine data` command to complete it")
-        if normalise:
-            std = np.asarray(store.normalisation["std"], dtype=np.float32)
-            data = data / std[None, None, :, None, None]
-        self.data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        shape = (len(trajectories), spec.snapshots, spec.channels, spec.grid, spec.grid)
+        nbytes = math.prod(shape) * 4
+        limit = memory_budget() if max_bytes is None else max_bytes
+        if nbytes > limit:
+            raise MemoryError(f"{nbytes / 2**30:.1f} GiB of frames exceed the {limit / 2**30:.1f} GiB "
+                              "in-memory budget (max_bytes); select fewer trajectories or use a "
+                              "machine with more memory")
+        data = np.empty(shape, dtype=np.float32)
+        std = (np.asarray(store.normalisation["std"], dtype=np.float32) if normalise
+               else np.ones(spec.channels, dtype=np.float32))
+        for row, i in enumerate(trajectories):  # one trajectory at a time: peak memory ≈ nbytes
+            data[row] = store.fields[i]
+            if not np.isfinite(data[row]).all():
+                raise StoreError(f"{store.path} holds NaN/Inf (an unfinished generation?); "
+                                 "rerun the `sns-engine data` command to complete it")
+            data[row] /= std[None, :, None, None]
+        self.data = torch.from_numpy(data)
         self._shift = -lo
 
     def __len__(self) -> int:

@@ -43,7 +43,7 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
             path: str = "left_down", initial: torch.Tensor | None = None, save_every: int = 1,
             out: str | Path | None = None, device: str | None = None, seed: int = 0,
             engine: str = "engine", backend: str = "auto", graphs: bool = True, bf16: bool = False,
-            resume: bool = False, overwrite: bool = False, checkpoint_every: int = 50,
+            resume: bool = False, overwrite: bool = False, checkpoint_every: int | None = None,
             member_offset: int = 0, quiet: bool = True, **settings) -> RolloutResult:
     """Roll out an ensemble of `batch` members for `steps` physical steps along `path`.
 
@@ -52,12 +52,16 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     `out` the states stream into a Zarr ensemble store (resumable with `resume=True`); without it
     they are returned in memory. `engine="reference"` runs the per-member oracle instead.
     `member_offset` numbers the members from there (their noise is keyed by that id).
+    `checkpoint_every` (steps between resume points, a multiple of `save_every`) defaults to the
+    first multiple of `save_every` at or above 50.
     """
     if batch <= 0:
         raise ValueError(f"batch must be positive, got {batch}")
     if engine not in ("engine", "reference"):
         raise ValueError(f"engine must be 'engine' or 'reference', got {engine!r}")
     cfg = RolloutConfig(path=path, steps=steps, seed=seed, save_every=save_every, **settings)
+    if checkpoint_every is None:
+        checkpoint_every = save_every * -(-50 // save_every)
     if checkpoint_every % save_every:
         raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of save_every "
                          f"({save_every}) so a resumed run continues on a saved step")

@@ -13,6 +13,9 @@ the two-phase walk counters, member ids, flags. A physical step:
    frame was re-noised, the estimate forward already holds tick 0's ε̂ and is reused;
 6. unpack, flag and freeze members that went non-finite or out of bound, hand the step to the writer.
 
+On the CPU every network call runs in chunks of `cpu_chunk` members (`chunked`), so activations
+stay in cache; on a GPU the whole packed batch is one call (one graph).
+
 Results do not depend on batch composition: every random number is keyed by (seed, member id,
 physical step, level, stream, pixel), never by slot.
 """
@@ -34,6 +37,24 @@ from sns_engine.engine.reference import NOISE_LIMIT, NONFINITE, OUT_OF_BOUND
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
 from sns_engine.ops import rng
 from sns_engine.ops.update import ddpm_tick, renoise
+
+CPU_CHUNK = 16  # members per network call on the CPU (see `chunked`)
+
+
+def chunked(fn, chunk: int):
+    """`fn` over dim-0 chunks of at most `chunk` rows of its tensor arguments, the outputs (a tensor
+    or a NamedTuple of tensors) concatenated. On the CPU a chunk's activations stay in cache: the
+    small U-Net at 64² costs ≈ 10 ms per member in chunks of 8–32 and ≈ 16.5 ms in one call of 256
+    (one core). Every member's result is computed as before, only the batch is split."""
+    def run(*inputs: torch.Tensor):
+        if inputs[0].shape[0] <= chunk:
+            return fn(*inputs)
+        parts = [fn(*rows) for rows in zip(*(t.split(chunk) for t in inputs), strict=True)]
+        if isinstance(parts[0], torch.Tensor):
+            return torch.cat(parts)
+        return type(parts[0])(*(torch.cat(column) for column in zip(*parts, strict=True)))
+
+    return run
 
 
 @dataclass
@@ -61,13 +82,16 @@ class Engine:
     def __init__(self, emulator: torch.nn.Module, denoiser: Denoiser | None, schedule: CosineSchedule,
                  initial: torch.Tensor, cfg: RolloutConfig, members: torch.Tensor | None = None,
                  long: torch.Tensor | None = None, backend: str = "auto", graphs: bool = True,
-                 bf16: bool = False, buckets_per_octave: int = 16):
+                 bf16: bool = False, buckets_per_octave: int = 16, cpu_chunk: int | None = CPU_CHUNK):
         self.path = get_path(cfg.path)
         if self.path.model is not None and denoiser is None:
             raise ValueError(f"path {cfg.path!r} needs a {self.path.model} but none was given")
+        device = initial.device
+        if device.type == "cpu" and cpu_chunk:
+            emulator, denoiser = (None if f is None else chunked(f, cpu_chunk)
+                                  for f in (emulator, denoiser))
         self.emulator, self.denoiser, self.schedule, self.cfg = emulator, denoiser, schedule, cfg
         self.backend = backend
-        device = initial.device
         b = initial.shape[0]
         self.size = b
         self.x = initial.clone()

@@ -26,8 +26,8 @@ backends (torch, Triton, CUDA) see bit-identical uniforms:
 TWO_PI_F32 is 2π rounded to float32. Tails are cut at |z| ≤ √(48 ln 2) ≈ 5.77 (probability
 ≈ 8·10⁻⁹). Backends differ only by the last-ulp rounding of log and cos (≈ 1e-6).
 
-The torch code here is exact uint32 arithmetic in int64 tensors: the 32×32 → 64-bit products
-are split into 16-bit halves of the variable operand so nothing exceeds 2⁴⁹.
+The torch code here is exact uint32 arithmetic in int64 tensors: a 32×32 → 64-bit product is
+one wrapping int64 multiply whose bits are the unsigned product's.
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ CHUNK = 2**16                                      # elements per block of `norm
 
 
 def _mulhilo(m: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) 32-bit words of the 64-bit product m·b, for a constant m < 2³², b (int64) < 2³²."""
-    prod_lo = (b & 0xFFFF).mul_(m)                              # < 2⁴⁸
-    prod_hi = (b >> 16).mul_(m)                                 # < 2⁴⁸, weight 2¹⁶
-    low = (prod_hi & 0xFFFF).bitwise_left_shift_(16).add_(prod_lo)  # < 2⁴⁹
-    return prod_hi.bitwise_right_shift_(16).add_(low >> 32), low.bitwise_and_(MASK32)
+    """(hi, lo) 32-bit words of the 64-bit product m·b, for a constant m < 2³², b (int64) < 2³².
+
+    The int64 product wraps modulo 2⁶⁴ (two's complement, on every torch backend), so its bit
+    pattern is exactly the unsigned product; masking after the shift undoes the sign extension."""
+    prod = b * m
+    return (prod >> 32).bitwise_and_(MASK32), prod.bitwise_and_(MASK32)
 
 
 Word = torch.Tensor | int

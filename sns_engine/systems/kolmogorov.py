@@ -7,12 +7,18 @@ This is jax-cfd's `ForcedNavierStokes2D` (drag λ = 0.1, k_f = 4, 2/3-rule deali
 stepping is jax-cfd's `crank_nicolson_rk4`. The state is the rfft2 of the vorticity at solver
 resolution, (B, n, n//2 + 1) complex64, indexed [kx, ky] as jax-cfd does; snapshots are the
 vorticity truncated spectrally to the output grid and laid out (y, x).
+
+Where jax sees a GPU (`pip install ".[gpu]"` brings jax's CUDA plugin) the solver runs there: the
+trajectory batch is one vmapped, jitted call. jax is told not to pre-allocate 75 % of GPU memory
+(XLA_PYTHON_CLIENT_PREALLOCATE=false unless set), so torch can train in the same process.
+`JAX_PLATFORMS=cpu` forces the CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -30,6 +36,9 @@ from sns_engine.systems import (
     check_state_arrays,
     require_positive,
 )
+
+# read when jax first starts its GPU backend (at the first computation), not at import
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 DOMAIN_LENGTH = 2 * math.pi
 _STATE_KEYS = ("vorticity_hat_real", "vorticity_hat_imag")

@@ -7,7 +7,16 @@ import pytest
 import torch
 import xarray as xr
 
-from sns_engine.data import StoreError, TrajectoryStore, generate, pairs, refiner_triples, windows
+from sns_engine.data import (
+    FrameWindows,
+    StoreError,
+    TrajectoryStore,
+    generate,
+    pairs,
+    refiner_triples,
+    windows,
+)
+from sns_engine.data.datasets import memory_budget
 
 
 @dataclass(frozen=True)
@@ -136,3 +145,11 @@ def test_datasets_offsets_and_normalisation(tmp_path):
     torch.testing.assert_close(r[0], torch.from_numpy(raw[0, [0, 3, 4]]))
     with pytest.raises(StoreError, match="fewer than"):
         refiner_triples(store, lag=7)
+
+
+def test_in_memory_budget_is_checked_before_loading(tmp_path):
+    store = make(tmp_path)  # 5 × 7 × 2 × 8 × 8 float32 = 17 920 bytes
+    assert FrameWindows(store, (0, 1), max_bytes=17_920).data.nbytes == 17_920
+    with pytest.raises(MemoryError, match="0.0 GiB of frames exceed the 0.0 GiB in-memory budget"):
+        FrameWindows(store, (0, 1), max_bytes=17_919)
+    assert memory_budget() > 1 << 30  # half of physical memory, on any machine that runs this

@@ -8,7 +8,7 @@ from sns_engine.diffusion.paths import PATHS
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
 from sns_engine.engine.reference import NONFINITE, reference_rollout
-from sns_engine.engine.rollout import Engine, drive
+from sns_engine.engine.rollout import Engine, chunked, drive
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
 
 from .toys import ToyEmulator, ToyRefiner, ToyThermalizer
@@ -134,3 +134,29 @@ def test_cuda_graphs_equal_eager(path):
         states, _, _ = drive(engine, cfg.steps, 1)
         runs.append(torch.stack(states, 1))
     torch.testing.assert_close(runs[1], runs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_calls_split_the_batch_and_join_the_outputs():
+    refiner = ToyRefiner(num_levels=100)
+    calls = []
+
+    def counted(*inputs):
+        calls.append(inputs[0].shape[0])
+        return refiner_denoiser(refiner)(*inputs)
+
+    frames = [initial(37, seed=s) for s in range(3)]
+    whole = refiner_denoiser(refiner)(*frames)
+    parts = chunked(counted, 16)(*frames)
+    assert calls == [16, 16, 5] and type(parts) is type(whole)
+    for a, b in zip(parts, whole, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(chunked(ToyEmulator(), 8)(frames[0]), ToyEmulator()(frames[0]))
+
+
+def test_cpu_chunking_does_not_change_the_rollout():
+    x0 = initial(37, seed=5)
+    cfg = RolloutConfig(path="left_down", steps=3, seed=2, threshold=0)
+    _, whole, lw, mw = run_engine(x0, cfg, cpu_chunk=None)
+    _, parts, lp, mp = run_engine(x0, cfg, cpu_chunk=4)
+    torch.testing.assert_close(parts, whole, **TOL)
+    assert torch.equal(lp, lw) and torch.equal(mp, mw)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -186,3 +187,10 @@ def test_grid_constraints_and_int_overrides():
         system.advance(None, 0)
     with pytest.raises(ValueError, match=r"seeds must lie in \[0, 2\*\*32\)"):
         system.initial_states([-1])
+
+
+def test_jax_shares_the_gpu_with_torch():
+    """jax would otherwise grab 75 % of GPU memory when it first runs the solver on a GPU."""
+    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") not in (None, "false"):
+        pytest.skip("the user set XLA_PYTHON_CLIENT_PREALLOCATE")
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
