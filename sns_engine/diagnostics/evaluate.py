@@ -80,7 +80,10 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
              max_lag: int = 20, sample: int = 64) -> dict[str, Any]:
     """Evaluate the ensemble store against the solver store; returns a JSON-able report.
 
-    `sample` bounds the reference snapshots read per trajectory (memory and time stay small)."""
+    `sample` bounds the reference snapshots read per trajectory (memory and time stay small).
+    The solver's autocorrelation is taken at the ensemble's lag times (every `save_every`-th
+    reference snapshot); it is left out when the ensemble's interval is not a whole number of
+    reference intervals."""
     ens, ref = TrajectoryStore(ensemble), TrajectoryStore(reference)
     for key in ("system", "grid", "channels"):
         if getattr(ens.spec, key) != getattr(ref.spec, key):
@@ -138,17 +141,19 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
             torch.from_numpy(times), torch.from_numpy(horizon)).tolist()},
         "survival_at_horizon": float(np.mean(np.isinf(times))),
     }
-    lags = min(max_lag, t - 1, t_ref - 1)
-    if lags >= 1:
+    stride = round(dt / ref.spec.snapshot_dt)  # reference snapshots per saved ensemble state
+    aligned = stride >= 1 and math.isclose(stride * ref.spec.snapshot_dt, dt, rel_tol=1e-6)
+    lags = min(max_lag, t - 1, (t_ref - 1) // stride) if aligned else 0
+    if lags >= 1:  # both autocorrelations at the ensemble's lag times
         acf_ens = statistics.autocorrelation(torch.from_numpy(np.asarray(ens.fields[:])), lags)
-        ref_window = np.asarray(ref.fields[:, :min(t_ref, max(4 * lags, t))])
+        ref_window = np.asarray(ref.fields[:, :min(t_ref, stride * max(4 * lags, t)):stride])
         acf_ref = statistics.autocorrelation(torch.from_numpy(ref_window), lags)
         report["autocorrelation"] = {
             "lag_time": (np.arange(lags + 1) * dt).tolist(), "ensemble": acf_ens.tolist(),
             "reference": acf_ref.tolist(),
             "decorrelation_time": {
                 "ensemble": _finite_or_none(statistics.decorrelation_time(acf_ens, dt)),
-                "reference": _finite_or_none(statistics.decorrelation_time(acf_ref, ref.spec.snapshot_dt)),
+                "reference": _finite_or_none(statistics.decorrelation_time(acf_ref, dt)),
             }}
     if "levels" in ens.root:
         levels = np.asarray(ens.root["levels"][:])
