@@ -455,12 +455,16 @@ def _method_section(method: str, report: dict[str, Any], s: dict[str, Any], curv
     rows = [[f"{w['time'][0]:.3g}–{w['time'][1]:.3g}",
              *(_fmt(w["spectrum_error"][c]) for c in curves), *(_fmt(v) for v in w["w1"]),
              _fmt(w["rate_of_change"]), f"{100 * w['flagged']:.0f} %"] for w in report["windows"]]
-    decorrelation = report.get("autocorrelation", {}).get("decorrelation_time", {})
+    acf = report.get("autocorrelation")
+    decorrelation = {}
+    if acf:  # None: the curve stays above 1/e up to the largest lag
+        decorrelation = {who: _fmt(t) if t is not None else f"> {acf['lag_time'][-1]:.3g}"
+                         for who, t in acf["decorrelation_time"].items()}
     return [f"## {method}", "",
             *_table(["time window", *(f"spectrum error {c}" for c in curves),
                      *(f"W1 {c}" for c in channels), "rate of change", "flagged"], rows),
-            "", f"Decorrelation time: ensemble {_fmt(decorrelation.get('ensemble'))}, solver "
-            f"{_fmt(decorrelation.get('reference'))}. Mean refinement forwards per member and step: "
+            "", f"Decorrelation time: ensemble {decorrelation.get('ensemble', '–')}, solver "
+            f"{decorrelation.get('reference', '–')}. Mean refinement forwards per member and step: "
             f"{_fmt(s['mean_refinement_forwards'])}.", ""]
 
 
