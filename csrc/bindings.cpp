@@ -61,6 +61,14 @@ uint32_t word(int64_t value) { return static_cast<uint32_t>(value & 0xFFFFFFFFLL
 
 bool is_bf16(const Tensor& t) { return t.scalar_type() == at::kBFloat16; }
 
+// The per-member noise keys: member ids (B,) int64, physical steps and levels (B,) int32.
+void check_keys(const char* op, const Tensor& member, const Tensor& step, const Tensor& level,
+                int64_t b, const at::Device& dev) {
+  check(op, "member", member, {b}, {at::kLong}, dev);
+  check(op, "step", step, {b}, {at::kInt}, dev);
+  check(op, "level", level, {b}, {at::kInt}, dev);
+}
+
 void ddpm_tick(Tensor x, Tensor y, Tensor eps_x, Tensor eps_y, Tensor n_x, Tensor n_y,
                Tensor moves, Tensor counts, Tensor member, Tensor step, int64_t seed,
                Tensor coefs) {
@@ -100,9 +108,7 @@ void renoise(Tensor frame, Tensor level, Tensor member, Tensor step, int64_t see
   const int64_t b = frame.size(0);
   check(op, "frame", frame, std::vector<int64_t>(frame.sizes().begin(), frame.sizes().end()),
         {at::kFloat}, dev);
-  check(op, "level", level, {b}, {at::kInt}, dev);
-  check(op, "member", member, {b}, {at::kLong}, dev);
-  check(op, "step", step, {b}, {at::kInt}, dev);
+  check_keys(op, member, step, level, b, dev);
   check(op, "sqrt_ab", sqrt_ab, {-1}, {at::kFloat}, dev);
   check(op, "sqrt_1mab", sqrt_1mab, {sqrt_ab.size(0)}, {at::kFloat}, dev);
   const c10::cuda::CUDAGuard guard(dev);
@@ -121,9 +127,7 @@ std::tuple<Tensor, Tensor, Tensor> philox_normal(Tensor member, Tensor step, Ten
                     ": member must be a (B,) CUDA tensor");
   const at::Device dev = member.device();
   const int64_t b = member.size(0);
-  check(op, "member", member, {b}, {at::kLong}, dev);
-  check(op, "step", step, {b}, {at::kInt}, dev);
-  check(op, "level", level, {b}, {at::kInt}, dev);
+  check_keys(op, member, step, level, b, dev);
   const c10::cuda::CUDAGuard guard(dev);
   Tensor w0 = at::empty({b, numel}, member.options().dtype(at::kInt));
   Tensor w1 = at::empty_like(w0);
