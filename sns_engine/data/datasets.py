@@ -57,14 +57,15 @@ class FrameWindows(Dataset):
                               "in-memory budget (max_bytes); select fewer trajectories or use a "
                               "machine with more memory")
         data = np.empty(shape, dtype=np.float32)
-        std = (np.asarray(store.normalisation["std"], dtype=np.float32) if normalise
-               else np.ones(spec.channels, dtype=np.float32))
+        std = (np.asarray(store.normalisation["std"], dtype=np.float32)[None, :, None, None]
+               if normalise else None)
         for row, i in enumerate(trajectories):  # one trajectory at a time: peak memory ≈ nbytes
             data[row] = store.fields[i]
             if not np.isfinite(data[row]).all():
                 raise StoreError(f"{store.path} holds NaN/Inf (an unfinished generation?); "
                                  "rerun the `sns-engine data` command to complete it")
-            data[row] /= std[None, :, None, None]
+            if std is not None:
+                data[row] /= std
         self.data = torch.from_numpy(data)
         self._shift = -lo
 
