@@ -11,9 +11,11 @@ Layout of a store (zarr format 3, opens in xarray):
     attrs["sns_engine"]   identity (system, preset, every parameter, sizes, seed, version)
     attrs["normalisation"]  per-channel mean and std, written when the store is complete
 
-Crash safety: for each chunk the order is data → solver state → progress, and zarr's local store
-writes every file atomically, so after a kill -9 `progress` always points at a complete solver
-state and all data before it. Rerunning the same generation continues from there.
+Crash safety: a new store is built in a scratch folder and renamed into place, so the path holds
+either nothing or a whole empty store. Then for each chunk the order is data → solver state →
+progress, and zarr's local store writes every file atomically, so after a kill -9 `progress` always
+points at a complete solver state and all data before it. Rerunning the same generation continues
+from there.
 """
 
 from __future__ import annotations
@@ -107,19 +109,34 @@ class TrajectoryStore:
 
     # ----------------------------------------------------------------------------- creation
     @classmethod
-    def create(cls, path: str | Path, spec: StoreSpec, overwrite: bool = False) -> TrajectoryStore:
+    def create(cls, path: str | Path, spec: StoreSpec, overwrite: bool = False,
+               extend: Callable[[zarr.Group], None] | None = None) -> TrajectoryStore:
         """Create an empty store for `spec`, or reopen a matching one to resume.
 
         An existing store made with a different spec, or a path that is not a store, is an error
-        unless `overwrite` is set; nothing is deleted without it.
+        unless `overwrite` is set; nothing is deleted without it. A new store is built in a scratch
+        folder (`extend` may add arrays and attributes to it) and renamed into place, so `path`
+        never holds a half-made store, whenever the process is killed.
         """
         path = Path(path)
         if path.exists() and not overwrite:
             existing = cls(path, mode="r+")
             _check_same_spec(path, existing.spec, spec)
             return existing
+        building = path.with_name(path.name + ".creating")
+        if building.exists():
+            shutil.rmtree(building)  # left by a run killed while creating
+        root = cls._build(building, spec)
+        if extend is not None:
+            extend(root)
         if path.exists():
             shutil.rmtree(path)
+        building.rename(path)
+        return cls(path, mode="r+")
+
+    @staticmethod
+    def _build(path: Path, spec: StoreSpec) -> zarr.Group:
+        """Write an empty store for `spec` at `path` (a scratch folder renamed into place after)."""
         root = zarr.open_group(str(path), mode="w")
         c, g = spec.channels, spec.grid
         root.create_array("fields", shape=(spec.trajectories, spec.snapshots, c, g, g),
@@ -135,7 +152,7 @@ class TrajectoryStore:
                           fill_value=-1, dimension_names=("block",))
         root.require_group("solver_state")
         root.attrs["sns_engine"] = spec.to_attrs()
-        return cls(path, mode="r+")
+        return root
 
     # ----------------------------------------------------------------------------- progress
     def progress(self, block: int) -> int:

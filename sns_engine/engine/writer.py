@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 from safetensors.torch import load_file, save_file
 
 from sns_engine.config import to_dict
@@ -50,9 +51,8 @@ def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation
     if out.exists() and not resume and not overwrite:
         raise FileExistsError(f"{out} exists; pass resume=True (--resume) to continue it or "
                               "overwrite=True (--overwrite) to replace it")
-    store = TrajectoryStore.create(out, spec, overwrite=overwrite and not resume)
-    root = store.root
-    if "levels" not in root:
+
+    def add_rollout_arrays(root: zarr.Group) -> None:
         root.create_array("levels", shape=(members, cfg.steps, 2), chunks=(member_chunk, time_chunk, 2),
                           dtype="int16", fill_value=-1, dimension_names=("trajectory", "step", "pair"))
         root.create_array("moves", shape=(members, cfg.steps), chunks=(member_chunk, time_chunk),
@@ -63,8 +63,12 @@ def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation
                           fill_value=-1, dimension_names=("trajectory",))
         root.attrs["normalisation"] = normalisation
         root.attrs["rollout"] = to_dict(cfg)
-    elif root.attrs.get("rollout") != to_dict(cfg):
-        raise FileExistsError(f"{out} holds a rollout with other settings ({root.attrs.get('rollout')}); "
+
+    store = TrajectoryStore.create(out, spec, overwrite=overwrite and not resume,
+                                   extend=add_rollout_arrays)
+    stored = store.root.attrs.get("rollout")
+    if stored != to_dict(cfg):
+        raise FileExistsError(f"{out} holds a rollout with other settings ({stored}); "
                               "use another --out or --overwrite")
     return store
 

@@ -10,6 +10,7 @@ import xarray as xr
 from sns_engine.data import (
     FrameWindows,
     StoreError,
+    StoreSpec,
     TrajectoryStore,
     generate,
     pairs,
@@ -99,6 +100,21 @@ def test_interrupted_generation_resumes_to_identical_store(tmp_path):
     np.testing.assert_array_equal(resumed.fields[:], full)
     # it continued: fewer solver calls than a full run (3 blocks × 3 chunks = 9)
     assert resumed_system.calls < 9
+
+
+def test_kill_while_creating_leaves_no_half_made_store(tmp_path, monkeypatch):
+    def killed(self):
+        raise KeyboardInterrupt("simulated kill after the arrays, before the attributes")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StoreSpec, "to_attrs", killed)
+        with pytest.raises(KeyboardInterrupt):
+            make(tmp_path)
+    assert not (tmp_path / "s.zarr").exists()  # the arrays went to the scratch folder only
+    assert (tmp_path / "s.zarr.creating").exists()
+    rerun = make(tmp_path)  # no --overwrite needed, and the stale scratch folder is gone
+    np.testing.assert_array_equal(rerun.fields[:], make(tmp_path, "full.zarr").fields[:])
+    assert not (tmp_path / "s.zarr.creating").exists()
 
 
 def test_mismatched_existing_store_is_refused_and_kept(tmp_path):
