@@ -16,16 +16,18 @@ kernels only ever see two small integer arrays, whatever the path:
     thermalizer  (start, ·)           x × (start − stop)      —              thermal.  Thermalizer
 
 Levels are n ∈ {0..N}, 0 clean (see diffusion.schedule). A frame whose start level is above its
-estimated level is re-noised to it (acdm, generate, thermalizer); with `renoise=True` (the
-reference code's default) every frame is re-noised to its start level with fresh noise. The
-activation threshold: members with n̂_x below it are left as the emulator proposed them (every
-refining path); the Thermalizer acts only on members with n̂_x > start.
+estimated level is re-noised to it (acdm, generate); with `renoise=True` (the reference code's
+default) every frame is re-noised to its start level with fresh noise. Each path's *gate* picks the
+members that refine; the others are left as the emulator proposed them. The default gate is the
+activation threshold (n̂_x ≥ threshold); the Thermalizer's is n̂_x > start, and it flags members
+estimated above `noise_limit` instead of walking them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -50,70 +52,91 @@ class Plan:
         return self.counts.sum(dim=1)
 
 
-PhaseRule = Callable[[Levels, Levels, int], tuple[Levels, Levels]]  # → (move code, count)
+class Settings(NamedTuple):
+    """What a path's rules may read besides the estimates: N and the rollout's path settings."""
+
+    num_levels: int
+    threshold: int = 0
+    thermalizer_start: int = 10
+    thermalizer_stop: int = 4
+
+
+Rule = Callable[[Levels, Levels, Settings], tuple[Levels, Levels]]  # → (n_x, n_y) or (move, count)
+Gate = Callable[[Levels, Levels, Settings], torch.Tensor]           # → members that refine
 
 
 def _const(move: int) -> Callable[[Levels], Levels]:
     return lambda like: torch.full_like(like, move)
 
 
+def _above_threshold(n_x: Levels, n_y: Levels, s: Settings) -> torch.Tensor:
+    return n_x >= s.threshold
+
+
 @dataclass(frozen=True)
 class Path:
-    """A traversal strategy: start levels and the two phases as functions of (n̂_x, n̂_y, N)."""
+    """A traversal strategy: which members refine (gate), their start levels and two phases,
+    each a function of (n̂_x, n̂_y, settings)."""
 
     name: str
     model: str | None                     # "refiner", "thermalizer" or None (no refinement)
-    start: Callable[[Levels, Levels, int], tuple[Levels, Levels]]
-    phases: tuple[PhaseRule, PhaseRule]
+    start: Rule
+    phases: tuple[Rule, Rule]
     starts_above_estimate: bool = False   # re-noises a frame above its estimate (acdm, generate)
+    gate: Gate = _above_threshold
+    flags_noise_limit: bool = False       # members estimated above `noise_limit` are flagged
 
     def plan(self, n_x: Levels, n_y: Levels, num_levels: int, threshold: int = 0,
              thermalizer_start: int = 10, thermalizer_stop: int = 4) -> Plan:
-        """Compile the walk of every member from its estimated levels (n̂_x, n̂_y)."""
+        """Compile the walk of every member from its estimated levels (n̂_x, n̂_y); members the
+        gate leaves out stay where they are, with no moves."""
         n_x, n_y = n_x.long(), n_y.long()
-        if self.name == "thermalizer":
-            # only members noisier than `start` are thermalized, from start down to stop
-            active = n_x > thermalizer_start
-            start_x = torch.where(active, thermalizer_start, n_x)
-            counts = torch.stack([torch.where(active, thermalizer_start - thermalizer_stop, 0),
-                                  torch.zeros_like(n_x)], dim=1)
-            moves = torch.stack([torch.full_like(n_x, X), torch.full_like(n_x, NONE)], dim=1)
-            return Plan(start_x.int(), torch.zeros_like(n_y).int(), moves.int(), counts.int())
-        start_x, start_y = self.start(n_x, n_y, num_levels)
-        rules = [rule(n_x, n_y, num_levels) for rule in self.phases]
+        s = Settings(num_levels, threshold, thermalizer_start, thermalizer_stop)
+        start_x, start_y = self.start(n_x, n_y, s)
+        rules = [rule(n_x, n_y, s) for rule in self.phases]
         moves = torch.stack([m for m, _ in rules], dim=1)
         counts = torch.stack([c for _, c in rules], dim=1)
-        idle = n_x < threshold
+        idle = ~self.gate(n_x, n_y, s)
         start_x = torch.where(idle, n_x, start_x)
         start_y = torch.where(idle, n_y, start_y)
         counts = torch.where(idle[:, None], 0, counts)
         return Plan(start_x.int(), start_y.int(), moves.int(), counts.int())
 
 
-def _none(n_x: Levels, n_y: Levels, N: int) -> tuple[Levels, Levels]:
+def _none(n_x: Levels, n_y: Levels, s: Settings) -> tuple[Levels, Levels]:
     return torch.zeros_like(n_x), torch.zeros_like(n_x)
 
 
-def _estimated(n_x: Levels, n_y: Levels, N: int) -> tuple[Levels, Levels]:
+def _estimated(n_x: Levels, n_y: Levels, s: Settings) -> tuple[Levels, Levels]:
     return n_x, n_y
+
+
+def _pure_noise(like: Levels, s: Settings) -> Levels:
+    return torch.full_like(like, s.num_levels)
 
 
 PATHS: dict[str, Path] = {
     "emulator": Path("emulator", None, _estimated, (_none, _none)),
-    "fix_short": Path("fix_short", "refiner", lambda nx, ny, N: (nx, torch.zeros_like(ny)),
-                      (lambda nx, ny, N: (_const(X)(nx), nx), _none)),
+    "fix_short": Path("fix_short", "refiner", lambda nx, ny, s: (nx, torch.zeros_like(ny)),
+                      (lambda nx, ny, s: (_const(X)(nx), nx), _none)),
     "left_down": Path("left_down", "refiner", _estimated,
-                      (lambda nx, ny, N: (_const(Y)(nx), ny), lambda nx, ny, N: (_const(X)(nx), nx))),
+                      (lambda nx, ny, s: (_const(Y)(nx), ny), lambda nx, ny, s: (_const(X)(nx), nx))),
     "down_left": Path("down_left", "refiner", _estimated,
-                      (lambda nx, ny, N: (_const(X)(nx), nx), lambda nx, ny, N: (_const(Y)(nx), ny))),
+                      (lambda nx, ny, s: (_const(X)(nx), nx), lambda nx, ny, s: (_const(Y)(nx), ny))),
     "diagonal": Path("diagonal", "refiner", _estimated,
-                     (lambda nx, ny, N: (torch.where(nx > ny, X, Y), (nx - ny).abs()),
-                      lambda nx, ny, N: (_const(BOTH)(nx), torch.minimum(nx, ny)))),
-    "acdm": Path("acdm", "refiner", lambda nx, ny, N: (torch.full_like(nx, N), torch.full_like(ny, N)),
-                 (lambda nx, ny, N: (_const(BOTH)(nx), torch.full_like(nx, N)), _none), True),
-    "generate": Path("generate", "refiner", lambda nx, ny, N: (torch.full_like(nx, N), ny),
-                     (lambda nx, ny, N: (_const(X)(nx), torch.full_like(nx, N)), _none), True),
-    "thermalizer": Path("thermalizer", "thermalizer", _estimated, (_none, _none)),
+                     (lambda nx, ny, s: (torch.where(nx > ny, X, Y), (nx - ny).abs()),
+                      lambda nx, ny, s: (_const(BOTH)(nx), torch.minimum(nx, ny)))),
+    "acdm": Path("acdm", "refiner", lambda nx, ny, s: (_pure_noise(nx, s), _pure_noise(ny, s)),
+                 (lambda nx, ny, s: (_const(BOTH)(nx), _pure_noise(nx, s)), _none), True),
+    "generate": Path("generate", "refiner", lambda nx, ny, s: (_pure_noise(nx, s), ny),
+                     (lambda nx, ny, s: (_const(X)(nx), _pure_noise(nx, s)), _none), True),
+    # y is ignored (not re-noised); only members noisier than `start` walk, from start to stop
+    "thermalizer": Path("thermalizer", "thermalizer",
+                        lambda nx, ny, s: (torch.full_like(nx, s.thermalizer_start), torch.zeros_like(ny)),
+                        (lambda nx, ny, s: (_const(X)(nx),
+                                            torch.full_like(nx, s.thermalizer_start - s.thermalizer_stop)),
+                         _none),
+                        gate=lambda nx, ny, s: nx > s.thermalizer_start, flags_noise_limit=True),
 }
 
 

@@ -82,7 +82,7 @@ def refine_member(path: Path, denoiser: Denoiser, schedule: CosineSchedule, long
     n_x, n_y = estimate_levels(out)
     plan = path.plan(n_x, n_y, schedule.num_levels, cfg.threshold, cfg.thermalizer_start,
                      cfg.thermalizer_stop)
-    if path.name == "thermalizer" and int(n_x) > cfg.noise_limit:
+    if path.flags_noise_limit and int(n_x) > cfg.noise_limit:
         return x, n_x, n_y, 0, NOISE_LIMIT
     reused = True
     for frame, est, start, stream in ((0, n_y, plan.start_y, rng.STREAM_RENOISE_Y),

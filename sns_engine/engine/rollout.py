@@ -167,7 +167,7 @@ class Engine:
         n_x, n_y = out.logits_x.argmax(-1), out.logits_y.argmax(-1)
         plan = self.path.plan(n_x, n_y, sched.num_levels, cfg.threshold, cfg.thermalizer_start,
                               cfg.thermalizer_stop)
-        over_limit = alive & (n_x > cfg.noise_limit) if self.path.name == "thermalizer" else None
+        over_limit = alive & (n_x > cfg.noise_limit) if self.path.flags_noise_limit else None
         active = alive if over_limit is None else alive & ~over_limit
         counts = torch.where(active[:, None], plan.counts, 0)
         walking = counts.sum(1) > 0

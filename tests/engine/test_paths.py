@@ -46,6 +46,9 @@ def test_thermalizer_acts_above_start_only():
     assert points("thermalizer", 20, 0, thermalizer_start=10, thermalizer_stop=4) == [
         (10, 0), (9, 0), (8, 0), (7, 0), (6, 0), (5, 0), (4, 0)]
     assert points("thermalizer", 8, 0, thermalizer_start=10, thermalizer_stop=4) == [(8, 0)]
+    # its gate replaces the activation threshold, and y is never walked or re-noised
+    assert points("thermalizer", 20, 7, threshold=30, thermalizer_start=10, thermalizer_stop=4)[-1] == (4, 0)
+    assert PATHS["thermalizer"].flags_noise_limit and not PATHS["left_down"].flags_noise_limit
 
 
 @pytest.mark.parametrize("name", sorted(set(PATHS) - {"emulator", "thermalizer"}))
