@@ -111,13 +111,18 @@ def save_model(path: str | Path, config: dict[str, Any], kind: str, unet: UNetCo
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     file = path / f"{kind}.safetensors"
-    tmp = file.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    tmp.replace(file)
+    _save_tensors(file, state)
     config = _merge_on_disk(path, config)
     config["models"][kind] = {"unet": to_dict(unet), "file": file.name, "sha256": _sha256(file),
                               **(extra or {})}
     write_json(path / CONFIG, config)
+
+
+def _save_tensors(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors written to a temp file and renamed, so a kill never leaves half a file."""
+    tmp = file.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(file)
 
 
 def _merge_on_disk(path: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +136,7 @@ def save_initial(path: str | Path, config: dict[str, Any], states: torch.Tensor)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     file = path / f"{INITIAL}.safetensors"
-    save_file({"states": states.detach().float().contiguous().cpu()}, str(file))
+    _save_tensors(file, {"states": states.float()})
     config = _merge_on_disk(path, config)
     config[INITIAL] = {"file": file.name, "sha256": _sha256(file), "count": int(states.shape[0])}
     write_json(path / CONFIG, config)
