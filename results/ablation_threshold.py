@@ -13,14 +13,14 @@ the repository root once the study exists:
 """
 
 import argparse
+import dataclasses
 import json
-import time
 from pathlib import Path
 
 from sns_engine.bundle import load_bundle
+from sns_engine.config import from_dict
 from sns_engine.diagnostics.evaluate import evaluate
-from sns_engine.engine.ensemble import rollout
-from sns_engine.study import held_out_initial, rollout_cost, summarize
+from sns_engine.study import StudyConfig, held_out_initial, roll_out, summarize
 
 parser = argparse.ArgumentParser()
 parser.add_argument("system", choices=["kolmogorov", "qg"])
@@ -30,28 +30,25 @@ parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
 
 study = Path(f"out/study-{args.system}")
-settings = json.loads((study / "study.json").read_text())
+settings = from_dict(StudyConfig, json.loads((study / "study.json").read_text()))
 reference = study / "data" / "reference.zarr"
-members = settings["members"]
+bundle = load_bundle(study / "bundle", "cpu")
+initial = held_out_initial(reference, settings.members)
 
 for threshold in args.thresholds:
     name = f"ablation_{args.path}_threshold{threshold}" + (f"_seed{args.seed}" if args.seed else "")
     store = Path("out/ablation") / f"{args.system}_{name}.zarr"
     summary_file = Path(__file__).parent / f"{args.system}-cpu" / f"{name}.json"
-    start = time.perf_counter()
-    result = rollout(load_bundle(study / "bundle", "cpu"), batch=members, steps=settings["horizon"],
-                     path=args.path, initial=held_out_initial(reference, members), out=store,
-                     seed=args.seed, save_every=settings["save_every"], resume=store.exists(),
-                     quiet=True, **{**settings["rollout"], "threshold": threshold})
-    cost = rollout_cost(result.stats, time.perf_counter() - start, members)
+    variant = dataclasses.replace(settings, seed=args.seed,
+                                  rollout={**settings.rollout, "threshold": threshold})
+    cost = roll_out(variant, args.path, bundle, initial, store, resume=store.exists())
     if not cost["physical_steps_measured"] and summary_file.exists():
         cost = json.loads(summary_file.read_text())["cost"]  # complete before: keep its measurement
-    report = evaluate(store, reference, windows=settings["windows"],
-                      threshold=settings["stability_threshold"])
+    report = evaluate(store, reference, windows=settings.windows, threshold=settings.stability_threshold)
     levels = report["levels"]["n_x"]
     summary = {
         "what": f"{args.path} with activation threshold {threshold} (study: "
-                f"{settings['rollout'].get('threshold', 10)}), noise seed {args.seed}, otherwise as "
+                f"{settings.rollout.get('threshold', 10)}), noise seed {args.seed}, otherwise as "
                 f"the {args.system} study; made by results/ablation_threshold.py",
         "cost": cost,
         "summary": summarize(report, cost),

@@ -252,7 +252,6 @@ def _rollout_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, reference: Pat
                    quiet: bool, device: str | None) -> dict[str, dict[str, Any]]:
     """Roll out every method from the same initial conditions; returns the cost per method."""
     from sns_engine.bundle import load_bundle
-    from sns_engine.engine.ensemble import rollout
 
     fresh = log.ran("data", "train")  # rollouts of older models are redone, not resumed
     costs: dict[str, dict[str, Any]] = {}
@@ -267,15 +266,23 @@ def _rollout_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, reference: Pat
             if bundle is None:
                 dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
                 bundle, initial = load_bundle(bundle_dir, dev), held_out_initial(reference, cfg.members)
-            resume = store.exists() and not fresh
-            start = time.perf_counter()
-            result = rollout(bundle, batch=cfg.members, steps=cfg.horizon, path=method,
-                             initial=initial, out=store, device=device, seed=cfg.seed,
-                             save_every=cfg.save_every,
-                             resume=resume, overwrite=not resume, quiet=quiet, **cfg.rollout)
-            costs[method] = rollout_cost(result.stats, time.perf_counter() - start, cfg.members)
+            costs[method] = roll_out(cfg, method, bundle, initial, store,
+                                     resume=store.exists() and not fresh, quiet=quiet, device=device)
             write_json(cost_file, costs[method])
     return costs
+
+
+def roll_out(cfg: StudyConfig, method: str, bundle, initial: torch.Tensor, store: Path,
+             resume: bool, quiet: bool = True, device: str | None = None) -> dict[str, Any]:
+    """Roll out the study's members from `initial` along `method` into `store` (continuing it
+    with `resume`, replacing it otherwise); returns the cost per physical step (`rollout_cost`)."""
+    from sns_engine.engine.ensemble import rollout
+
+    start = time.perf_counter()
+    result = rollout(bundle, batch=cfg.members, steps=cfg.horizon, path=method, initial=initial,
+                     out=store, device=device, seed=cfg.seed, save_every=cfg.save_every,
+                     resume=resume, overwrite=not resume, quiet=quiet, **cfg.rollout)
+    return rollout_cost(result.stats, time.perf_counter() - start, cfg.members)
 
 
 def rollout_cost(stats: EngineStats, wall: float, members: int) -> dict[str, Any]:
