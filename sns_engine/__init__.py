@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +57,13 @@ def train(model: str, data: str | Path, out: str | Path, resume: bool = False, q
     from sns_engine.train.loop import train as _train
 
     return _train(TrainConfig(model=model, **hyper_parameters), data, out, resume=resume, quiet=quiet)
+
+
+def calibrate(bundle: str | Path, data: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Level-head calibration of a bundle on held-out frames of `data` (sns_engine.calibration)."""
+    from sns_engine.calibration import calibrate as _calibrate
+
+    return _calibrate(bundle, data, **kwargs)
 
 
 def evaluate(ensemble: str | Path, reference: str | Path, **kwargs: Any) -> dict[str, Any]:

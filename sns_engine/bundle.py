@@ -27,11 +27,13 @@ from safetensors.torch import load_file, save_file
 
 from sns_engine import __version__
 from sns_engine.config import ConfigError, from_dict, to_dict, write_json
+from sns_engine.data.store import TrajectoryStore
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.models import MODEL_KINDS, build_model
 from sns_engine.models.unet import UNetConfig
+from sns_engine.systems import REFINE_ACTIVATION
 
-FORMAT = 1
+FORMAT = 2      # 2: the authors' network (conditioned decoder, pre-activation blocks)
 CONFIG = "config.json"
 INITIAL = "initial"
 
@@ -50,6 +52,12 @@ class Bundle:
     schedule: CosineSchedule
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
     initial: torch.Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)       # config.json as loaded
+
+    @property
+    def activation(self) -> dict[str, Any]:
+        """The system's default activation (threshold, threshold_heads) recorded at creation."""
+        return self.config["activation"]
 
     @property
     def scale(self) -> torch.Tensor:
@@ -84,6 +92,10 @@ def read_config(path: str | Path) -> dict[str, Any] | None:
         raise BundleError(f"{file} has bundle format {config['format']} (sns_engine "
                           f"{config.get('version')}), newer than this sns_engine ({__version__}) "
                           f"reads ({FORMAT}); upgrade sns_engine")
+    if config.get("format", 0) < FORMAT:
+        raise BundleError(f"{file} has bundle format {config.get('format')} (sns_engine "
+                          f"{config.get('version')}): its networks predate the authors' "
+                          "architecture this version runs; retrain them into a new bundle")
     return config
 
 
@@ -94,7 +106,25 @@ def new_config(system: dict[str, Any], normalisation: dict[str, list[float]],
             "normalisation": normalisation,
             "schedule": {"num_levels": schedule.num_levels, "s": schedule.s,
                          "max_beta": schedule.max_beta},
+            "activation": dict(REFINE_ACTIVATION[system["name"]]),
             "models": {}}
+
+
+def store_system(store: TrajectoryStore) -> dict[str, Any]:
+    """The system identity a bundle records for data from `store`."""
+    spec = store.spec
+    return {"name": spec.system, "preset": spec.preset, "params": spec.params,
+            "channels": spec.channels, "channel_names": list(spec.channel_names),
+            "grid": spec.grid, "snapshot_dt": spec.snapshot_dt, "domain_length": spec.domain_length}
+
+
+def save_calibration(path: str | Path, calibration: dict[str, Any]) -> None:
+    """Record a head calibration (sns_engine.calibration) in the bundle's config.json."""
+    config = read_config(path)
+    if config is None:
+        raise BundleError(f"{path} is not a bundle (no {CONFIG})")
+    config["calibration"] = calibration
+    write_json(Path(path) / CONFIG, config)
 
 
 def check_compatible(config: dict[str, Any], system: dict[str, Any], where: str) -> None:
@@ -165,7 +195,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     try:
         sched = config["schedule"]
         schedule = CosineSchedule(sched["num_levels"], sched["s"], sched["max_beta"])
-        bundle = Bundle(path, config["system"], config["normalisation"], schedule.to(device))
+        bundle = Bundle(path, config["system"], config["normalisation"], schedule.to(device),
+                        config=config)
+        if "activation" not in config:
+            raise KeyError("activation")
         for kind, entry in config["models"].items():
             if kind not in MODEL_KINDS:
                 raise BundleError(f"bundle {path}: unknown model kind {kind!r}")

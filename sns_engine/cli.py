@@ -1,4 +1,4 @@
-"""`sns-engine` command line: data, train, rollout, evaluate, plot, study."""
+"""`sns-engine` command line: data, train, rollout, evaluate, calibrate, plot, study."""
 
 from __future__ import annotations
 
@@ -107,6 +107,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print("wrote", args.output)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from sns_engine import plots
+    from sns_engine.calibration import calibrate, table
+
+    result = calibrate(args.bundle, args.data, samples=args.samples, free_steps=args.free_steps,
+                       seed=args.seed, save=not args.no_save, quiet=args.quiet)
+    print(table(result))
+    if args.output:
+        plots.calibration(result, Path(args.output))
+        if not args.quiet:
+            print("wrote", args.output)
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from sns_engine.study import StudyError, load_recipe, run_study
 
@@ -200,6 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="solver store to compare with")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("calibrate", help="how well the refiner's level heads read known noise levels "
+                       "(table, PNG, stored in the bundle's config.json)")
+    p.add_argument("bundle", help="bundle directory with a refiner and an emulator")
+    p.add_argument("--data", required=True, help="solver store the bundle was trained on; its "
+                   "held-out trajectories are used")
+    p.add_argument("-o", "--output", help="PNG file for the calibration figure")
+    p.add_argument("--samples", type=_positive, default=32, help="held-out frames (default 32)")
+    p.add_argument("--free-steps", type=_positive, nargs="+", default=[1, 10, 100, 1000],
+                   help="free emulator steps at which the heads read its proposals "
+                        "(default 1 10 100 1000)")
+    p.add_argument("--seed", type=int, default=0, help="frames and noise draw (default 0)")
+    p.add_argument("--no-save", action="store_true", help="do not record it in config.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("study", help="data → train → rollout every method → evaluate → report "
                        "(resumable; reruns skip finished stages)")

@@ -111,11 +111,12 @@ class RolloutConfig:
 
     path: str = "left_down"
     steps: int = 100
-    threshold: int = 10              # activation threshold: n̂_x below it → no refinement
+    threshold: int | None = None     # activation: refine when the head(s) estimate ≥ threshold;
+    threshold_heads: str | None = None   # "x" or "either"; None: the bundle's system default
     renoise: bool = True             # re-noise frames to their start level before walking
-    thermalizer_start: int = 10
-    thermalizer_stop: int = 4
-    noise_limit: int = 100           # thermalizer: n̂ above it flags the member
+    thermalizer_start: int = 11      # our levels: the authors' class 10 (docs/method.md)
+    thermalizer_stop: int = 5        # their class 4
+    noise_limit: int = 101           # thermalizer: n̂ above it flags the member (their 100)
     bound: float = 100.0             # |state| (normalised units) above it flags the member
     seed: int = 0
     save_every: int = 1
@@ -124,6 +125,10 @@ class RolloutConfig:
         for name in ("steps", "save_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.threshold is not None and self.threshold < 0:
+            raise ConfigError(f"threshold must be ≥ 0 (0 refines every member), got {self.threshold}")
+        if self.threshold_heads not in (None, "x", "either"):
+            raise ConfigError(f"threshold_heads must be 'x' or 'either', got {self.threshold_heads!r}")
         if not 0 <= self.thermalizer_stop < self.thermalizer_start:
             raise ConfigError("thermalizer_stop must be in [0, thermalizer_start), got "
                               f"{self.thermalizer_stop} and {self.thermalizer_start}")

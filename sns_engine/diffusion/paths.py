@@ -7,20 +7,24 @@ kernels only ever see two small integer arrays, whatever the path:
 
     path         start (n_x, n_y)     phase 0                 phase 1        refiner   published as
     emulator     —                    —                       —              none      bare emulator
-    fix_short    (n̂_x, 0)             x × n̂_x                 —              refiner   GenCast-like
+    fix_short    (n̂_x, n̂_y)           x × n̂_x (y held)        —              refiner   SNS, authors' default
+    gencast      (n̂_x, 0)             x × n̂_x                 —              refiner   GenCast-like (clean y)
     left_down    (n̂_x, n̂_y)           y × n̂_y                 x × n̂_x        refiner   SNS path A
     down_left    (n̂_x, n̂_y)           x × n̂_x                 y × n̂_y        refiner
-    diagonal     (n̂_x, n̂_y)           higher × |n̂_x − n̂_y|   both × min     refiner
+    diagonal     (n̂_x, n̂_y)           higher × |n̂_x − n̂_y|   both × min     refiner   SNS ("denoising_SNS")
     acdm         (N, N)               both × N                —              refiner   ACDM
     generate     (N, n̂_y)             x × N                   —              refiner   Alg. 2
-    thermalizer  (start, ·)           x × (start − stop)      —              thermal.  Thermalizer
+    thermalizer  (n̂_x, ·)             x × (n̂_x − stop)        —              thermal.  Thermalizer
 
-Levels are n ∈ {0..N}, 0 clean (see diffusion.schedule). A frame whose start level is above its
-estimated level is re-noised to it (acdm, generate); with `renoise=True` (the reference code's
-default) every frame is re-noised to its start level with fresh noise. Each path's *gate* picks the
-members that refine; the others are left as the emulator proposed them. The default gate is the
-activation threshold (n̂_x ≥ threshold); the Thermalizer's is n̂_x > start, and it flags members
-estimated above `noise_limit` instead of walking them.
+Levels are n ∈ {0..N}, 0 clean (see diffusion.schedule); the authors' class k is our level k + 1
+(docs/method.md). A frame whose start level is above its estimated level is re-noised to it (acdm,
+generate); with `renoise=True` (the authors' `forward_diff=True`, the default) every frame is
+re-noised to its start level with fresh noise — fix_short's y too, which then stays at n̂_y as
+noisy conditioning while x walks. Each path's *gate* picks the members that refine; the others
+keep the emulator's proposal. The default gate is the activation threshold on the head(s) the
+settings name (n̂_x, or the larger of n̂_x and n̂_y, ≥ threshold; threshold 0 refines everyone);
+the Thermalizer's gate is n̂_x > start, and it flags members estimated above `noise_limit`
+instead of walking them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from typing import NamedTuple
 import torch
 
 NONE, X, Y, BOTH = 0, 1, 2, 3
-MOVE_NAMES = {NONE: "none", X: "x", Y: "y", BOTH: "both"}
 
 Levels = torch.Tensor  # (B,) int
 
@@ -52,13 +55,18 @@ class Plan:
         return self.counts.sum(dim=1)
 
 
+HEADS = ("x", "either")   # which estimate(s) the activation threshold reads
+
+
 class Settings(NamedTuple):
-    """What a path's rules may read besides the estimates: N and the rollout's path settings."""
+    """What a path's rules may read besides the estimates: N and the rollout's path settings
+    (levels in our labels: the authors' Thermalizer start 10 / stop 4 are our 11 / 5)."""
 
     num_levels: int
     threshold: int = 0
-    thermalizer_start: int = 10
-    thermalizer_stop: int = 4
+    heads: str = "x"
+    thermalizer_start: int = 11
+    thermalizer_stop: int = 5
 
 
 Rule = Callable[[Levels, Levels, Settings], tuple[Levels, Levels]]  # → (n_x, n_y) or (move, count)
@@ -70,7 +78,7 @@ def _const(move: int) -> Callable[[Levels], Levels]:
 
 
 def _above_threshold(n_x: Levels, n_y: Levels, s: Settings) -> torch.Tensor:
-    return n_x >= s.threshold
+    return (n_x if s.heads == "x" else torch.maximum(n_x, n_y)) >= s.threshold
 
 
 @dataclass(frozen=True)
@@ -86,12 +94,10 @@ class Path:
     gate: Gate = _above_threshold
     flags_noise_limit: bool = False       # members estimated above `noise_limit` are flagged
 
-    def plan(self, n_x: Levels, n_y: Levels, num_levels: int, threshold: int = 0,
-             thermalizer_start: int = 10, thermalizer_stop: int = 4) -> Plan:
+    def plan(self, n_x: Levels, n_y: Levels, s: Settings) -> Plan:
         """Compile the walk of every member from its estimated levels (n̂_x, n̂_y); members the
         gate leaves out stay where they are, with no moves."""
         n_x, n_y = n_x.long(), n_y.long()
-        s = Settings(num_levels, threshold, thermalizer_start, thermalizer_stop)
         start_x, start_y = self.start(n_x, n_y, s)
         rules = [rule(n_x, n_y, s) for rule in self.phases]
         moves = torch.stack([m for m, _ in rules], dim=1)
@@ -101,6 +107,11 @@ class Path:
         start_y = torch.where(idle, n_y, start_y)
         counts = torch.where(idle[:, None], 0, counts)
         return Plan(start_x.int(), start_y.int(), moves.int(), counts.int())
+
+    def reuses_estimate(self, renoise: bool) -> bool:
+        """Whether the estimate's forward can serve as the first move's ε̂: only when no frame is
+        re-noised before the walk. Otherwise the estimate is a levels-only pass (no decoder)."""
+        return not (renoise or self.starts_above_estimate)
 
 
 def _none(n_x: Levels, n_y: Levels, s: Settings) -> tuple[Levels, Levels]:
@@ -115,14 +126,24 @@ def _pure_noise(like: Levels, s: Settings) -> Levels:
     return torch.full_like(like, s.num_levels)
 
 
+def _walk_x(n_x: Levels, n_y: Levels, s: Settings) -> tuple[Levels, Levels]:
+    return _const(X)(n_x), n_x
+
+
+def _walk_y(n_x: Levels, n_y: Levels, s: Settings) -> tuple[Levels, Levels]:
+    return _const(Y)(n_x), n_y
+
+
+def _clean_y(n_x: Levels, n_y: Levels, s: Settings) -> tuple[Levels, Levels]:
+    return n_x, torch.zeros_like(n_y)
+
+
 PATHS: dict[str, Path] = {
     "emulator": Path("emulator", None, _estimated, (_none, _none)),
-    "fix_short": Path("fix_short", "refiner", lambda nx, ny, s: (nx, torch.zeros_like(ny)),
-                      (lambda nx, ny, s: (_const(X)(nx), nx), _none)),
-    "left_down": Path("left_down", "refiner", _estimated,
-                      (lambda nx, ny, s: (_const(Y)(nx), ny), lambda nx, ny, s: (_const(X)(nx), nx))),
-    "down_left": Path("down_left", "refiner", _estimated,
-                      (lambda nx, ny, s: (_const(X)(nx), nx), lambda nx, ny, s: (_const(Y)(nx), ny))),
+    "fix_short": Path("fix_short", "refiner", _estimated, (_walk_x, _none)),
+    "gencast": Path("gencast", "refiner", _clean_y, (_walk_x, _none)),
+    "left_down": Path("left_down", "refiner", _estimated, (_walk_y, _walk_x)),
+    "down_left": Path("down_left", "refiner", _estimated, (_walk_x, _walk_y)),
     "diagonal": Path("diagonal", "refiner", _estimated,
                      (lambda nx, ny, s: (torch.where(nx > ny, X, Y), (nx - ny).abs()),
                       lambda nx, ny, s: (_const(BOTH)(nx), torch.minimum(nx, ny)))),
@@ -130,11 +151,10 @@ PATHS: dict[str, Path] = {
                  (lambda nx, ny, s: (_const(BOTH)(nx), _pure_noise(nx, s)), _none), True),
     "generate": Path("generate", "refiner", lambda nx, ny, s: (_pure_noise(nx, s), ny),
                      (lambda nx, ny, s: (_const(X)(nx), _pure_noise(nx, s)), _none), True),
-    # y is ignored (not re-noised); only members noisier than `start` walk, from start to stop
-    "thermalizer": Path("thermalizer", "thermalizer",
-                        lambda nx, ny, s: (torch.full_like(nx, s.thermalizer_start), torch.zeros_like(ny)),
-                        (lambda nx, ny, s: (_const(X)(nx),
-                                            torch.full_like(nx, s.thermalizer_start - s.thermalizer_stop)),
+    # y is ignored (never re-noised); members estimated above `start` walk from their estimate
+    # down to `stop`
+    "thermalizer": Path("thermalizer", "thermalizer", _clean_y,
+                        (lambda nx, ny, s: (_const(X)(nx), (nx - s.thermalizer_stop).clamp(min=0)),
                          _none),
                         gate=lambda nx, ny, s: nx > s.thermalizer_start, flags_noise_limit=True),
 }
@@ -145,6 +165,13 @@ def get_path(name: str) -> Path:
     if name not in PATHS:
         raise ValueError(f"unknown path {name!r}; choose one of {sorted(PATHS)}")
     return PATHS[name]
+
+
+def settings_of(cfg, num_levels: int) -> Settings:
+    """The Settings of a RolloutConfig-like `cfg`; an unset threshold refines every member (the
+    API fills it in from the bundle's system default before it gets here)."""
+    return Settings(num_levels, cfg.threshold or 0, cfg.threshold_heads or "x",
+                    cfg.thermalizer_start, cfg.thermalizer_stop)
 
 
 def lattice_points(plan: Plan, member: int = 0) -> list[tuple[int, int]]:

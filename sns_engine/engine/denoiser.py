@@ -1,14 +1,16 @@
 """The one network interface a rollout needs, whatever model sits behind it.
 
 A `Denoiser` maps (long-lag frame, y at n_y, x at n_x) to ε̂ for both frames and level logits for
-both; it is not told the levels. The SNS refiner is one directly; the Thermalizer (unconditional,
-x only) is wrapped so y gets zero ε̂ and a copy of x's logits. Tests plug analytic denoisers in.
+both; it is not told the levels. It also offers the levels-only pass. The SNS refiner is one
+directly; the Thermalizer (unconditional, x only) is wrapped so y gets zero ε̂ and a copy of x's
+logits. Tests plug analytic denoisers in.
 Also here: the noise sources (deterministic counter-based, keyed by member, step, level, stream).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
@@ -23,27 +25,58 @@ class DenoiserOutput(NamedTuple):
     logits_x: torch.Tensor
 
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], DenoiserOutput]
+class LevelLogits(NamedTuple):
+    logits_y: torch.Tensor
+    logits_x: torch.Tensor
+
+
+Frames = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], DenoiserOutput]
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """`denoiser(long, y, x)` is the full forward (ε̂ of both frames and both heads' logits);
+    `denoiser.levels(long, y, x)` only the level estimate — for a U-Net its encoder, middle and
+    heads, no decoder, as the authors' `ratio_class_both`."""
+
+    forward: Frames
+    levels: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LevelLogits]
+
+    def __call__(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
+        return self.forward(long, y, x)
+
+    @classmethod
+    def from_forward(cls, forward: Frames) -> Denoiser:
+        """A denoiser whose level estimate is read off its full forward (analytic test models)."""
+        def levels(long, y, x):
+            out = forward(long, y, x)
+            return LevelLogits(out.logits_y, out.logits_x)
+
+        return cls(forward, levels)
 
 
 def refiner_denoiser(refiner: torch.nn.Module) -> Denoiser:
     """The SNS refiner as a Denoiser."""
 
-    def run(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
+    def forward(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
         out = refiner(long, y, x)
         return DenoiserOutput(out.eps_y, out.eps_x, out.logits_y, out.logits_x)
 
-    return run
+    return Denoiser(forward, lambda long, y, x: LevelLogits(*refiner.levels(long, y, x)))
 
 
 def thermalizer_denoiser(thermalizer: torch.nn.Module) -> Denoiser:
-    """The unconditional Thermalizer as a Denoiser acting on x alone."""
+    """The unconditional Thermalizer as a Denoiser acting on x alone (y: zero ε̂, x's logits)."""
 
-    def run(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
+    def forward(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
         eps, logits = thermalizer(x)
         return DenoiserOutput(torch.zeros_like(eps), eps, logits, logits)
 
-    return run
+    def levels(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> LevelLogits:
+        logits = thermalizer.levels(x)
+        return LevelLogits(logits, logits)
+
+    return Denoiser(forward, levels)
 
 
 class NoiseSource(Protocol):

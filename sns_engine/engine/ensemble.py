@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,22 @@ from sns_engine.engine.rollout import Engine, RolloutResult, drive
 from sns_engine.ops.dispatch import resolve_backend
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "default_bundle"
+
+
+def with_activation(cfg: RolloutConfig, bundle: Bundle) -> RolloutConfig:
+    """`cfg` with an unset activation threshold / heads taken from the bundle's system default
+    (Kolmogorov: every member every step; QG: either head at level ≥ 7, as the authors run it)."""
+    return dataclasses.replace(
+        cfg, threshold=bundle.activation["threshold"] if cfg.threshold is None else cfg.threshold,
+        threshold_heads=cfg.threshold_heads or bundle.activation["threshold_heads"])
+
+
+def describe_activation(cfg: RolloutConfig) -> str:
+    """One line saying which members the rollout refines."""
+    if cfg.threshold == 0:
+        return "refining every member every step"
+    head = "n̂_x" if cfg.threshold_heads == "x" else "max(n̂_x, n̂_y)"
+    return f"refining members with {head} ≥ {cfg.threshold}"
 
 
 def initial_conditions(bundle: Bundle, batch: int, initial: torch.Tensor | None,
@@ -72,6 +90,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     device = torch.device(device)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
+    cfg = with_activation(cfg, bundle)
+    if not quiet and get_path(path).model == "refiner":
+        print(f"sns_engine: path {path}, {describe_activation(cfg)}", file=sys.stderr)
     backend = resolve_backend(backend, device)
     if backend != "torch":  # fused Triton conv blocks in every U-Net (weights unchanged)
         for model_ in bundle.models.values():

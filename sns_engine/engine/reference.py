@@ -4,7 +4,8 @@ This is the oracle every fast path is tested against (engine, kernels, sharding)
 step of one member:
 
 1. proposal x̂ = emulator(x_t)
-2. estimate (n̂_x, n̂_y) = argmax of the level heads on (long, y = x_t, x = x̂)
+2. estimate (n̂_x, n̂_y) = argmax of the level heads on (long, y = x_t, x = x̂): a levels-only
+   pass, or the full forward when its ε̂ serves the first move (no re-noising)
 3. plan = path.plan(n̂_x, n̂_y): start levels and two phases of moves (diffusion.paths)
 4. re-noise each frame to its start level (if `renoise`, or if the start is above the estimate)
 5. walk: for each move, one forward on (long, y, x), reverse step of the frame(s) it moves
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from sns_engine.config import RolloutConfig
-from sns_engine.diffusion.paths import BOTH, Path, Plan, X, Y, get_path
+from sns_engine.diffusion.paths import BOTH, Path, Plan, X, Y, get_path, settings_of
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine.denoiser import Denoiser, NoiseSource
 from sns_engine.ops import rng
@@ -78,13 +79,12 @@ def walk(denoiser: Denoiser, schedule: CosineSchedule, long: torch.Tensor, y: to
 def refine_member(path: Path, denoiser: Denoiser, schedule: CosineSchedule, long, y, x,
                   cfg: RolloutConfig, noise: NoiseSource, member, step):
     """Estimate, plan, re-noise and walk one member; returns (x_new, n̂_x, n̂_y, moves, flags)."""
-    out = denoiser(long, y, x)
+    reused = path.reuses_estimate(cfg.renoise)
+    out = denoiser(long, y, x) if reused else denoiser.levels(long, y, x)
     n_x, n_y = estimate_levels(out)
-    plan = path.plan(n_x, n_y, schedule.num_levels, cfg.threshold, cfg.thermalizer_start,
-                     cfg.thermalizer_stop)
+    plan = path.plan(n_x, n_y, settings_of(cfg, schedule.num_levels))
     if path.flags_noise_limit and int(n_x) > cfg.noise_limit:
         return x, n_x, n_y, 0, NOISE_LIMIT
-    reused = True
     for frame, est, start, stream in ((0, n_y, plan.start_y, rng.STREAM_RENOISE_Y),
                                       (1, n_x, plan.start_x, rng.STREAM_RENOISE_X)):
         if bool(renoise_mask(plan, est, start, cfg.renoise)):

@@ -4,7 +4,8 @@ All per-member state lives on the device in persistent buffers (`MemberBuffers`)
 the two-phase walk counters, member ids, flags. A physical step:
 
 1. emulator: x̂ = emu(x) for every member (one forward, one graph);
-2. estimate: one refiner forward on (long, x, x̂) → (n̂_x, n̂_y) by argmax, then the path's plan;
+2. estimate: one levels-only refiner pass (encoder, middle, heads) on (long, x, x̂) → (n̂_x, n̂_y)
+   by argmax, then the path's plan (a full forward instead when its ε̂ is reused, see 5);
 3. re-noise the frames whose start level asks for it (in-place, counter-based noise);
 4. pack: sort members by their number of moves (the step's single host sync), so the members still
    walking at tick k are a prefix; copy the sorted state into the tick buffers;
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sns_engine.config import RolloutConfig
-from sns_engine.diffusion.paths import get_path
+from sns_engine.diffusion.paths import get_path, settings_of
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine import profiling
 from sns_engine.engine.denoiser import Denoiser
@@ -62,7 +63,8 @@ class EngineStats:
     """Work counters over a run: forwards and member-forwards, useful vs padded."""
 
     physical_steps: int = 0
-    forwards: int = 0
+    forwards: int = 0                 # full network forwards (emulator, refiner, thermalizer)
+    level_passes: int = 0             # levels-only estimates (encoder, middle, heads)
     member_forwards: int = 0
     useful_member_forwards: int = 0
     refine_forwards: list[int] = field(default_factory=list)
@@ -88,8 +90,10 @@ class Engine:
             raise ValueError(f"path {cfg.path!r} needs a {self.path.model} but none was given")
         device = initial.device
         if device.type == "cpu" and cpu_chunk:
-            emulator, denoiser = (None if f is None else chunked(f, cpu_chunk)
-                                  for f in (emulator, denoiser))
+            emulator = chunked(emulator, cpu_chunk)
+            if denoiser is not None:
+                denoiser = Denoiser(chunked(denoiser.forward, cpu_chunk),
+                                    chunked(denoiser.levels, cpu_chunk))
         self.emulator, self.denoiser, self.schedule, self.cfg = emulator, denoiser, schedule, cfg
         self.backend = backend
         b = initial.shape[0]
@@ -159,21 +163,24 @@ class Engine:
 
     def _refine(self, alive: torch.Tensor, t: int):
         cfg, sched, b = self.cfg, self.schedule, self.size
+        reuse = self.path.reuses_estimate(cfg.renoise)
         with profiling.range("estimate"), self.autocast:
-            out = self.denoiser(self.long, self.x, self.proposal)
-        self.stats.forwards += 1
-        self.stats.member_forwards += b
-        self.stats.useful_member_forwards += b
+            if reuse:
+                out = self.denoiser(self.long, self.x, self.proposal)
+                self.stats.forwards += 1
+                self.stats.member_forwards += b
+                self.stats.useful_member_forwards += b
+            else:
+                out = self.denoiser.levels(self.long, self.x, self.proposal)
+                self.stats.level_passes += 1
         n_x, n_y = out.logits_x.argmax(-1), out.logits_y.argmax(-1)
-        plan = self.path.plan(n_x, n_y, sched.num_levels, cfg.threshold, cfg.thermalizer_start,
-                              cfg.thermalizer_stop)
+        plan = self.path.plan(n_x, n_y, settings_of(cfg, sched.num_levels))
         over_limit = alive & (n_x > cfg.noise_limit) if self.path.flags_noise_limit else None
         active = alive if over_limit is None else alive & ~over_limit
         counts = torch.where(active[:, None], plan.counts, 0)
         walking = counts.sum(1) > 0
         y, x = self.x.clone(), self.proposal.clone()
         step = torch.full((b,), t, dtype=torch.int32, device=y.device)
-        reuse = not (cfg.renoise or self.path.starts_above_estimate)
         with profiling.range("refine"):
             for frame, est, start, stream in ((y, n_y, plan.start_y, rng.STREAM_RENOISE_Y),
                                               (x, n_x, plan.start_x, rng.STREAM_RENOISE_X)):
@@ -208,7 +215,8 @@ class Engine:
         if over_limit is not None:
             self._flag(over_limit, NOISE_LIMIT, t)
         moves = torch.where(active, plan.total, 0)
-        return new, torch.stack([n_x, n_y], dim=1), moves
+        levels = torch.where(alive[:, None], torch.stack([n_x, n_y], dim=1), -1)  # frozen: none
+        return new, levels, moves
 
     def _flag(self, mask: torch.Tensor, flag: int, t: int) -> None:
         self.flags.copy_(torch.where(mask & (self.flags == 0), flag, self.flags))

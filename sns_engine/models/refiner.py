@@ -2,7 +2,8 @@
 
 Input: the channel concatenation (long-lag clean frame, y at level n_y, x at level n_x), so
 3·C channels; the levels are *not* input. Output: ε̂_y and ε̂_x (2·C channels, y first) and two
-level heads on the bottleneck, logits over the N + 1 levels of y and of x (DESIGN.md §3).
+level heads on the bottleneck, logits over the N + 1 levels of y and of x; the decoder reads both
+heads' softmax (the authors' `ModernUnetDoubleRegressor_plus`, docs/method.md §Network).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Refiner(nn.Module):
     def unet_config(preset: str, channels: int, grid: int, num_levels: int = 1000) -> UNetConfig:
         """The U-Net config of a refiner for `channels`-channel frames and N = num_levels."""
         return unet_preset(preset, 3 * channels, 2 * channels, grid, heads=2,
-                           num_levels=num_levels)
+                           num_levels=num_levels, condition_decoder=True)
 
     def forward(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> RefinerOutput:
         out, (logits_y, logits_x) = self.unet(torch.cat([long, y, x], dim=1))

@@ -1,42 +1,44 @@
 """The U-Net backbone shared by emulator, refiner and Thermalizer, with level heads.
 
-Layout (DESIGN.md §3; no normalisation anywhere, GELU, circular padding):
+It follows the authors' `ModernUnet` family (docs/method.md §Network; no normalisation anywhere,
+GELU, circular padding):
 
-    stem conv 3×3 ─► level 0 ─► down ─► level 1 ─► … ─► level L−1 ─► middle ─► (level heads)
-                        │                  │                 │          │
-    out conv 3×3 ◄─ level 0 ◄── up ◄── level 1 ◄── … ◄── level L−1 ◄────┘
+    input proj 3×3 ─► level 0 ─► down ─► level 1 ─► … ─► level L−1 ─► middle ─► level heads
+          │              │                  │                 │          │          │ softmax
+    out 3×3 ◄─ level 0 ◄─ up ◄── level 1 ◄── … ◄── level L−1 ◄──────┘    MLP → level embeddings
+                  ▲                  ▲                 ▲                          │
+                  └──────────────────┴─────────────────┴──────────────────────────┘ (refiner)
 
-- Level i has hidden·Π_{j≤i} channel_mults[j] channels and grid/2^i pixels per side (the paper
-  preset: 64·128·256·512 on 64², 32², 16², 8²).
-- Every encoder unit (stem, residual block, downsampling) pushes its output on a skip stack; the
-  decoder has blocks_per_level + 1 residual blocks per level, each popping one skip and reading
-  torch.cat([h, skip]) with its first conv (the Triton backend reads h and skip without the cat).
-- `ResidualBlock`: out = shortcut(x) + GELU(conv2(GELU(conv1(x)))), shortcut = identity or a
-  1×1 conv when the channel count changes. Each conv is conv → bias → activation, and the last
-  is followed by the residual add: the sequence a fused conv kernel implements.
-  `UNet.set_backend("triton")` runs every residual block through those kernels
-  (ops.conv_block; inference only); "torch", the default, is the plain torch composition.
-- Downsampling is a stride-2 3×3 conv with circular padding: learnable (unlike pooling), one op,
-  and it commutes with shifts by 2 pixels, so the network stays periodic.
-- Upsampling is a 2×2 stride-2 transposed conv: each pixel writes its own 2×2 patch, so there is
-  no boundary and periodicity is exact (a 4×4 kernel with padding 1 would drop the wrap-around).
-- Multi-head self-attention over the H·W tokens (scaled_dot_product_attention) after the residual
-  blocks of `attention_levels` (both halves) and between the two middle blocks.
-- Level heads read the middle output: conv 3×3 (C→C) + GELU, conv 1×1 (C→head_channels) + GELU,
-  flatten, linear → head_hidden + GELU, linear → head_classes logits (reference: head_hidden =
-  head_classes = N + 1).
+- The input projection has `hidden` channels; level i has hidden·Π_{j≤i} channel_mults[j]
+  channels and grid/2^i pixels per side (the paper preset: 64 → 128·256·512 on 64², 32², 16²).
+- Every encoder unit (projection, residual block, downsampling) pushes its output on a skip
+  stack. The decoder has, per level, `blocks_per_level` blocks at the level's width, then one
+  block down to the next finer width (the projection's width at level 0), then a 4×4 stride-2
+  transposed conv; each block pops one skip and reads torch.cat([h, skip]).
+- `ResidualBlock` is pre-activation: h = conv1(GELU(u)) + b1, then for each level embedding e
+  h = GELU(h + W e), then h = conv2(GELU(h)) + b2 and again h = GELU(h + W' e) per embedding;
+  out = h + shortcut(u), the shortcut an identity or a 1×1 conv. Without embeddings that is
+  conv2(GELU(conv1(GELU(u)))) + shortcut(u). `UNet.set_backend("triton")` runs every residual
+  block through the fused conv kernels (ops.conv_block; inference only).
+- Downsampling is a stride-2 3×3 conv with circular padding; upsampling the authors' 4×4
+  stride-2 transposed conv with zero padding 1 (it keeps the channel count). That transposed conv
+  is not periodic at the borders, so, unlike the encoder, the decoder is not shift-equivariant.
+- Optional multi-head self-attention over the H·W tokens after every block of
+  `attention_levels` (both halves) and between the two middle blocks (the paper preset has
+  none, as the paper's parameter count; the authors' config file asks for one head at 16²).
+- Level heads read the middle output: conv 3×3 (C→C) and conv 1×1 (C→head_channels), each after
+  a GELU, flatten, linear → head_hidden + GELU, linear → head_classes logits (the reference:
+  head_hidden = head_classes = N + 1).
+- `condition_decoder` (the refiner, as the authors' `ModernUnetDoubleRegressor_plus`): the
+  softmax of each head goes through Linear + GELU, Linear + GELU to a `level_embedding`-wide
+  vector, and every decoder block adds its own linear map of each head's vector after each conv.
 
 Initialisation: with no normalisation, the weights are drawn to keep activations O(1) (normal,
-std gain/√fan_in, zero bias): gain √2 before a GELU, 1 for linear maps (stem, shortcuts,
-down/upsampling, q/k/v, logits), and 0 for the last conv of each residual branch, the attention
+std gain/√fan_in, zero bias): gain √2 for a layer read through a GELU, 1 for linear maps, and 0
+for the last conv of each residual branch, every level-embedding map into a block, the attention
 output projection and the output conv: every block starts as the identity (as in SkipInit /
-Fixup), an emulator as persistence x_{t+1} = x_t, an ε-model at ε̂ = 0.
-PyTorch's default init shrinks the signal ~√3 per layer; on the toy level test of
-tests/models/test_losses.py it leaves the slower head at ≈0.35 accuracy after 100 steps where
-this init reaches 0.55–0.8 (chance 0.2).
-
-The whole backbone commutes with periodic shifts by multiples of 2^(L−1) pixels; the heads do not
-(they flatten), which they need not.
+Fixup), an emulator as persistence x_{t+1} = x_t, an ε-model at ε̂ = 0. (The authors use
+PyTorch's default init; docs/method.md says why we do not.)
 """
 
 from __future__ import annotations
@@ -61,16 +63,18 @@ class UNetConfig:
     in_channels: int
     out_channels: int
     grid: int                                   # H = W of the input; fixes the head linear
-    hidden: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2, 2)   # cumulative: level i = hidden·Π_{j≤i}
+    hidden: int = 64                            # channels of the input projection
+    channel_mults: tuple[int, ...] = (2, 2, 2)  # cumulative: level i = hidden·Π_{j≤i}
     blocks_per_level: int = 2
-    attention_levels: tuple[int, ...] = (3,)    # level indices (0 = full resolution)
-    mid_attention: bool = True
-    attention_heads: int = 8
+    attention_levels: tuple[int, ...] = ()      # level indices (0 = full resolution)
+    mid_attention: bool = False
+    attention_heads: int = 1
     heads: int = 0                              # number of level heads on the bottleneck
     head_classes: int = 1001                    # N + 1 levels
     head_channels: int = 16
     head_hidden: int | None = None              # None: head_classes (the reference)
+    condition_decoder: bool = False             # decoder blocks read the heads' softmax
+    level_embedding: int | None = None          # its width; None: head_classes (the reference)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
@@ -90,7 +94,8 @@ class UNetConfig:
         if self.grid % self.downsampling:
             raise ConfigError(f"grid {self.grid} is not divisible by the downsampling factor "
                               f"{self.downsampling} of {levels} levels; use fewer channel_mults")
-        attended = [self.level_channels[i] for i in self.attention_levels]
+        widths = (self.hidden, *self.level_channels)
+        attended = [c for i in self.attention_levels for c in widths[i:i + 2]]
         attended += [self.level_channels[-1]] if self.mid_attention else []
         if any(c % self.attention_heads for c in attended):
             raise ConfigError(f"attention_heads {self.attention_heads} does not divide the "
@@ -98,8 +103,11 @@ class UNetConfig:
         if self.heads < 0 or self.head_classes < 2:
             raise ConfigError(f"need heads ≥ 0 and head_classes ≥ 2, got {self.heads} and "
                               f"{self.head_classes}")
-        if self.head_hidden is not None and self.head_hidden < 1:
-            raise ConfigError(f"UNetConfig.head_hidden must be ≥ 1 or None, got {self.head_hidden}")
+        for name in ("head_hidden", "level_embedding"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"UNetConfig.{name} must be ≥ 1 or None, got {getattr(self, name)}")
+        if self.condition_decoder and not self.heads:
+            raise ConfigError("UNetConfig.condition_decoder needs level heads (heads ≥ 1)")
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -112,35 +120,48 @@ class UNetConfig:
         """Total downsampling factor 2^(L−1): the bottleneck is grid / downsampling per side."""
         return 2 ** (len(self.channel_mults) - 1)
 
+    @property
+    def embedding_width(self) -> int:
+        """Width of each head's level embedding (0 when the decoder is not conditioned)."""
+        return (self.level_embedding or self.head_classes) if self.condition_decoder else 0
+
 
 PRESETS: dict[str, dict] = {
-    # the reference network (DESIGN.md §3): 64·128·256·512, two blocks per level, attention at
-    # the lowest level and in the middle, heads conv → 16 ch → linear N+1 → linear N+1
-    "paper": dict(hidden=64, channel_mults=(1, 2, 2, 2), blocks_per_level=2,
-                  attention_levels=(3,), mid_attention=True, attention_heads=8,
-                  head_channels=16, head_hidden=None),
-    # CPU-sized: 16·32·64, one block per level, attention in the middle only, heads with a
-    # 64-wide hidden layer (a (N+1)² layer alone would be 1 M parameters per head)
-    "small": dict(hidden=16, channel_mults=(1, 2, 2), blocks_per_level=1, attention_levels=(),
-                  mid_attention=True, attention_heads=4, head_channels=16, head_hidden=64),
+    # the authors' network as the paper counts it (73,727,522 parameters: their
+    # ModernUnetDoubleRegressor_plus without attention; docs/method.md §Network): 64 → 128·256·512,
+    # two blocks per level, heads conv → 16 ch → linear N+1 → linear N+1, decoder conditioned
+    # through N+1-wide level embeddings
+    "paper": dict(hidden=64, channel_mults=(2, 2, 2), blocks_per_level=2, attention_levels=(),
+                  mid_attention=False, attention_heads=1, head_channels=16, head_hidden=None,
+                  level_embedding=None),
+    # CPU-sized: 8 → 16·32·64, one block per level, no attention, heads and level embeddings
+    # 64 wide (an (N+1)² layer alone would be 1 M parameters)
+    "small": dict(hidden=8, channel_mults=(2, 2, 2), blocks_per_level=1, attention_levels=(),
+                  mid_attention=False, attention_heads=1, head_channels=16, head_hidden=64,
+                  level_embedding=64),
 }
 
 
 def unet_preset(name: str, in_channels: int, out_channels: int, grid: int, heads: int = 0,
-                num_levels: int = 1000) -> UNetConfig:
+                num_levels: int = 1000, condition_decoder: bool = False) -> UNetConfig:
     """The named preset ("paper" or "small") for the given channels, grid and level heads."""
     if name not in PRESETS:
         raise ConfigError(f"unknown U-Net preset {name!r}; choose one of {sorted(PRESETS)}")
     return UNetConfig(in_channels=in_channels, out_channels=out_channels, grid=grid, heads=heads,
-                      head_classes=num_levels + 1, **PRESETS[name])
+                      head_classes=num_levels + 1, condition_decoder=condition_decoder,
+                      **PRESETS[name])
 
 
 def init_layer(layer: nn.Conv2d | nn.ConvTranspose2d | nn.Linear, gain: float) -> None:
     """Weights ~ N(0, gain²/fan_in), bias 0; fan_in = inputs each output reads.
 
-    For the transposed convs here (kernel = stride) that is the input channel count."""
+    A transposed conv of kernel k and stride s feeds each output from (k/s)² taps per input
+    channel."""
     weight = layer.weight
-    fan_in = weight.shape[0] if isinstance(layer, nn.ConvTranspose2d) else weight[0].numel()
+    if isinstance(layer, nn.ConvTranspose2d):
+        fan_in = weight.shape[0] * (weight.shape[-1] // layer.stride[-1]) ** 2
+    else:
+        fan_in = weight[0].numel()
     nn.init.normal_(weight, std=gain / math.sqrt(fan_in))
     nn.init.zeros_(layer.bias)
 
@@ -151,25 +172,37 @@ def circular_conv(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn
                      padding_mode="circular")
 
 
+def _embedding_maps(embeddings: int, width: int, channels: int) -> nn.ModuleList:
+    """One Linear(width → channels) per level embedding, zero-initialised."""
+    maps = nn.ModuleList(nn.Linear(width, channels) for _ in range(embeddings))
+    for layer in maps:
+        init_layer(layer, 0.0)
+    return maps
+
+
 class ResidualBlock(nn.Module):
-    """out = shortcut(x) + GELU(conv2(GELU(conv1(x)))), 3×3 circular convs, no normalisation.
+    """Pre-activation residual block with optional level-embedding shifts (module docstring).
 
-    forward(x, skip) reads x = cat([x, skip], 1) (the decoder's skip connection). `backend` (a
-    plain attribute, not in the state_dict) picks ops.conv_block's implementation."""
+    forward(x, skip, embeddings) reads u = cat([x, skip], 1); `embeddings` are the (B, width)
+    level embeddings, one per head, in head order. `backend` (a plain attribute, not in the
+    state_dict) picks ops.conv_block's implementation."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, embeddings: int = 0, width: int = 0):
         super().__init__()
         self.conv1 = circular_conv(c_in, c_out)
         self.conv2 = circular_conv(c_out, c_out)
         self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.shift1 = _embedding_maps(embeddings, width, c_out)
+        self.shift2 = _embedding_maps(embeddings, width, c_out)
         init_layer(self.conv1, GELU_GAIN)
         init_layer(self.conv2, 0.0)
         if isinstance(self.shortcut, nn.Conv2d):
             init_layer(self.shortcut, 1.0)
         self.backend = "torch"
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        return residual_block(self, x, skip, self.backend)
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
+                embeddings: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        return residual_block(self, x, skip, embeddings, self.backend)
 
 
 class SelfAttention(nn.Module):
@@ -191,9 +224,19 @@ class SelfAttention(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
-def _unit(c_in: int, c_out: int, attention: bool, heads: int) -> nn.Module:
-    block = ResidualBlock(c_in, c_out)
-    return nn.Sequential(block, SelfAttention(c_out, heads)) if attention else block
+class Unit(nn.Module):
+    """A residual block, followed by self-attention at the attended levels."""
+
+    def __init__(self, c_in: int, c_out: int, attention: bool, heads: int, embeddings: int = 0,
+                 width: int = 0):
+        super().__init__()
+        self.block = ResidualBlock(c_in, c_out, embeddings, width)
+        self.attention = SelfAttention(c_out, heads) if attention else None
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
+                embeddings: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        h = self.block(x, skip, embeddings)
+        return h if self.attention is None else self.attention(h)
 
 
 class LevelHead(nn.Module):
@@ -205,13 +248,27 @@ class LevelHead(nn.Module):
         self.conv2 = nn.Conv2d(channels, mid_channels, 1)
         self.fc1 = nn.Linear(mid_channels * grid * grid, hidden)
         self.fc2 = nn.Linear(hidden, classes)
-        for layer in (self.conv1, self.conv2, self.fc1):
+        for layer in (self.conv1, self.conv2, self.fc2):
             init_layer(layer, GELU_GAIN)
-        init_layer(self.fc2, 1.0)
+        init_layer(self.fc1, 1.0)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.conv2(F.gelu(self.conv1(h))))
+        h = self.conv2(F.gelu(self.conv1(F.gelu(h))))
         return self.fc2(F.gelu(self.fc1(h.flatten(1))))
+
+
+class LevelEmbedding(nn.Module):
+    """A head's logits → softmax → Linear + GELU → Linear + GELU: the decoder's conditioning."""
+
+    def __init__(self, classes: int, width: int):
+        super().__init__()
+        self.fc1 = nn.Linear(classes, width)
+        self.fc2 = nn.Linear(width, width)
+        init_layer(self.fc1, GELU_GAIN * math.sqrt(classes))   # softmax entries are O(1/classes)
+        init_layer(self.fc2, GELU_GAIN)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.fc2(F.gelu(self.fc1(logits.softmax(dim=-1)))))
 
 
 class UNet(nn.Module):
@@ -221,32 +278,32 @@ class UNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         chans, heads = cfg.level_channels, cfg.attention_heads
-        self.stem = circular_conv(cfg.in_channels, chans[0])
-        skips, c = [chans[0]], chans[0]
+        self.stem = circular_conv(cfg.in_channels, cfg.hidden)
+        skips, c = [cfg.hidden], cfg.hidden
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()
         for i, ci in enumerate(chans):
             level = nn.ModuleList()
             for _ in range(cfg.blocks_per_level):
-                level.append(_unit(c, ci, i in cfg.attention_levels, heads))
+                level.append(Unit(c, ci, i in cfg.attention_levels, heads))
                 c = ci
                 skips.append(c)
             self.encoder.append(level)
             if i < len(chans) - 1:
                 self.down.append(circular_conv(c, c, stride=2))
                 skips.append(c)
-        self.middle = nn.Sequential(ResidualBlock(c, c),
-                                    SelfAttention(c, heads) if cfg.mid_attention else nn.Identity(),
-                                    ResidualBlock(c, c))
+        self.middle = nn.ModuleList([Unit(c, c, cfg.mid_attention, heads),
+                                     Unit(c, c, False, heads)])
+        n_emb, width = (cfg.heads, cfg.embedding_width) if cfg.condition_decoder else (0, 0)
         self.decoder, self.up = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(chans))):
             level = nn.ModuleList()
-            for _ in range(cfg.blocks_per_level + 1):
-                level.append(_unit(c + skips.pop(), chans[i], i in cfg.attention_levels, heads))
-                c = chans[i]
+            for out in [chans[i]] * cfg.blocks_per_level + [chans[i - 1] if i else cfg.hidden]:
+                level.append(Unit(c + skips.pop(), out, i in cfg.attention_levels, heads,
+                                  n_emb, width))
+                c = out
             self.decoder.append(level)
             if i > 0:
-                self.up.append(nn.ConvTranspose2d(c, chans[i - 1], 2, stride=2))
-                c = chans[i - 1]
+                self.up.append(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1))
         self.out = circular_conv(c, cfg.out_channels)
         for layer in (self.stem, *self.down, *self.up):
             init_layer(layer, 1.0)
@@ -255,6 +312,8 @@ class UNet(nn.Module):
         self.level_heads = nn.ModuleList(
             LevelHead(chans[-1], bottleneck, cfg.head_channels, cfg.head_hidden or cfg.head_classes,
                       cfg.head_classes) for _ in range(cfg.heads))
+        self.level_embeddings = nn.ModuleList(
+            LevelEmbedding(cfg.head_classes, width) for _ in range(n_emb))
 
     def set_backend(self, backend: str) -> UNet:
         """Run every ResidualBlock with ops.conv_block `backend`: "torch" (default), "triton"
@@ -283,19 +342,26 @@ class UNet(nn.Module):
             if i < len(self.down):
                 h = self.down[i](h)
                 skips.append(h)
-        return self.middle(h), skips
+        for unit in self.middle:
+            h = unit(h)
+        return h, skips
 
-    def decode(self, h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        """Decoder output from bottleneck features; consumes the skip stack."""
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor],
+               logits: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Decoder output from bottleneck features; consumes the skip stack. A decoder
+        conditioned on the heads reads their `logits` (one per head, in head order)."""
+        embeddings: tuple[torch.Tensor, ...] = ()
+        if self.level_embeddings:
+            if logits is None or len(logits) != len(self.level_embeddings):
+                raise ValueError(f"this decoder is conditioned on {len(self.level_embeddings)} "
+                                 f"heads' logits, got {0 if logits is None else len(logits)}")
+            embeddings = tuple(embed(z) for embed, z in zip(self.level_embeddings, logits, strict=True))
         for i, level in enumerate(self.decoder):
             for unit in level:
-                block, *after = unit if isinstance(unit, nn.Sequential) else (unit,)
-                h = block(h, skips.pop())
-                for module in after:
-                    h = module(h)
+                h = unit(h, skips.pop(), embeddings)
             if i < len(self.up):
                 h = self.up[i](h)
-        return self.out(h)
+        return self.out(F.gelu(h))
 
     def level_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
         """Each head's logits (B, head_classes) from bottleneck features."""
@@ -307,7 +373,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h, skips = self.encode(x)
-        return self.decode(h, skips), self.level_logits(h)
+        logits = self.level_logits(h)
+        return self.decode(h, skips, logits), logits
 
 
 def count_parameters(model: nn.Module) -> int:

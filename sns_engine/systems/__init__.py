@@ -23,6 +23,10 @@ SYSTEMS = ("kolmogorov", "qg")
 PRESETS = ("paper", "cpu")
 _CLASSES = {"kolmogorov": ("sns_engine.systems.kolmogorov", "KolmogorovFlow"),
             "qg": ("sns_engine.systems.qg", "QGJet")}
+# When the authors refine a member (docs/method.md §Activation), in our levels: Kolmogorov every
+# member every step; QG when either head's class exceeds 5, i.e. our level ≥ 7.
+REFINE_ACTIVATION = {"kolmogorov": {"threshold": 0, "threshold_heads": "x"},
+                     "qg": {"threshold": 7, "threshold_heads": "either"}}
 
 
 class SolverDivergedError(ValueError):

@@ -29,7 +29,15 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from sns_engine.bundle import INITIAL, check_compatible, new_config, read_config, save_initial, save_model
+from sns_engine.bundle import (
+    INITIAL,
+    check_compatible,
+    new_config,
+    read_config,
+    save_initial,
+    save_model,
+    store_system,
+)
 from sns_engine.config import TrainConfig, to_dict, write_json
 from sns_engine.data import FrameWindows, TrajectoryStore, refiner_triples, windows
 from sns_engine.diffusion.schedule import CosineSchedule
@@ -79,7 +87,7 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _split(n: int, fraction: float) -> tuple[list[int], list[int]]:
+def split_trajectories(n: int, fraction: float) -> tuple[list[int], list[int]]:
     """Trajectories for training and validation: the last ⌈fraction·n⌉ are held out (n ≥ 2)."""
     if n < 2:
         raise TrainingError(f"the store has {n} trajectory; training needs ≥ 2 (one held out)")
@@ -188,10 +196,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
 
     store = TrajectoryStore(data)
-    system = {"name": store.spec.system, "preset": store.spec.preset, "params": store.spec.params,
-              "channels": store.spec.channels, "channel_names": list(store.spec.channel_names),
-              "grid": store.spec.grid, "snapshot_dt": store.spec.snapshot_dt,
-              "domain_length": store.spec.domain_length}
+    system = store_system(store)
     schedule = CosineSchedule(cfg.num_levels)
     config = read_config(out) or new_config(system, store.normalisation, schedule)
     check_compatible(config, system, str(data))
@@ -218,7 +223,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
-    train_ids, val_ids = _split(store.spec.trajectories, cfg.val_fraction)
+    train_ids, val_ids = split_trajectories(store.spec.trajectories, cfg.val_fraction)
     train_set = task.frames(store, cfg, train_ids)
     val_set = task.frames(store, cfg, val_ids)
     schedule = schedule.to(device)

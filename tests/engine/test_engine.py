@@ -68,6 +68,32 @@ def test_first_tick_reuses_the_estimate_forward_when_nothing_is_renoised():
     assert engine.stats.forwards == sum(2 + int(m) - 1 for m in longest)
 
 
+def test_estimate_is_a_levels_only_pass_when_frames_are_renoised():
+    """With re-noising (the default) the estimate's ε̂ cannot be reused, so the engine and the
+    reference run only encoder + middle + heads for it (the authors' ratio_class_both)."""
+    x0 = initial(8, seed=6)
+    cfg = RolloutConfig(path="left_down", steps=2, renoise=True, threshold=0)
+    emulator, denoiser = models(cfg.path)
+    calls = {"forward": 0, "levels": 0}
+
+    def counted(name, fn):
+        def run(*inputs):
+            calls[name] += 1
+            return fn(*inputs)
+        return run
+
+    spy = type(denoiser)(counted("forward", denoiser.forward), counted("levels", denoiser.levels))
+    engine = Engine(emulator, spy, SCHEDULE, x0, cfg, graphs=False, cpu_chunk=None)
+    _, _, moves = drive(engine, cfg.steps, cfg.save_every)
+    longest = torch.stack(moves, 1).max(0).values
+    assert calls["levels"] == engine.stats.level_passes == cfg.steps
+    assert calls["forward"] == int(longest.sum())          # one full forward per tick, no more
+    assert engine.stats.forwards == cfg.steps + int(longest.sum())   # + the emulator's
+    calls.update(forward=0, levels=0)
+    reference_rollout(emulator, spy, SCHEDULE, x0[:1], cfg, CounterNoise(0))
+    assert calls["levels"] == cfg.steps
+
+
 def test_member_trajectory_independent_of_batch_composition():
     cfg = RolloutConfig(path="left_down", steps=3, seed=11)
     big = initial(256, seed=9)

@@ -11,7 +11,7 @@ Thermalizer. Checked on means and covariances over many members.
 import pytest
 import torch
 
-from sns_engine.diffusion.paths import get_path, lattice_points
+from sns_engine.diffusion.paths import Settings, get_path, lattice_points
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine.denoiser import DenoiserOutput, TorchNoise
 from sns_engine.engine.reference import walk
@@ -67,8 +67,9 @@ def run(path_name, n_x_hat, n_y_hat, y=None, **plan_kw):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     one = torch.tensor([n_x_hat]), torch.tensor([n_y_hat])
-    plan1 = get_path(path_name).plan(*one, N, **plan_kw)
-    plan = get_path(path_name).plan(one[0].repeat(MEMBERS), one[1].repeat(MEMBERS), N, **plan_kw)
+    plan1 = get_path(path_name).plan(*one, Settings(N, **plan_kw))
+    plan = get_path(path_name).plan(one[0].repeat(MEMBERS), one[1].repeat(MEMBERS),
+                                    Settings(N, **plan_kw))
     start_x, start_y = int(plan1.start_x), int(plan1.start_y)
     ys, xs = sample_noised(start_y, start_x, g)
     if y is not None:  # condition on one fixed clean y
@@ -104,9 +105,16 @@ def test_paths_to_origin_sample_the_joint(path, n_x, n_y):
     check_moments(y, x, mean, cov)
 
 
-def test_fix_short_from_n_samples_the_conditional():
+def test_fix_short_samples_x_given_y_held_at_its_level():
+    y, x, end = run("fix_short", N, 8)
+    assert end == (0, 8)
+    mean, cov, _, _ = noised_moments(8, 0)
+    check_moments(y, x, mean, cov)
+
+
+def test_gencast_from_n_samples_the_conditional():
     y_fixed = torch.tensor([0.9, -1.7]).reshape(1, 1, 1, D)
-    _, x, end = run("fix_short", N, 0, y=y_fixed)
+    _, x, end = run("gencast", N, 0, y=y_fixed)
     assert end == (0, 0)
     mean, cov = conditional_x_given_y(y_fixed.flatten().double())
     xs = x.flatten(1).double()
@@ -123,7 +131,7 @@ def test_generate_samples_x_given_noisy_y():
 
 
 def test_thermalizer_walks_x_from_start_to_stop():
-    # plan: start 10 → stop 4 for a member estimated above start
+    # plan: from its estimate 20 down to stop 4, for a member estimated above start
     _, x, end = run("thermalizer", 20, 0, thermalizer_start=10, thermalizer_stop=4)
     assert end == (4, 0)
     mean, cov, _, _ = noised_moments(0, 4)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sns_engine.engine.denoiser import DenoiserOutput
+from sns_engine.engine.denoiser import DenoiserOutput, LevelLogits
 
 
 class ToyEmulator(nn.Module):
@@ -42,6 +42,9 @@ class ToyRefiner(nn.Module):
         c = self.channels
         return DenoiserOutput(eps[:, :c], eps[:, c:], self._logits(y), self._logits(x))
 
+    def levels(self, long, y, x):
+        return LevelLogits(self._logits(y), self._logits(x))
+
 
 class ToyThermalizer(nn.Module):
     def __init__(self, channels: int = 1, num_levels: int = 1000, seed: int = 2):
@@ -51,3 +54,6 @@ class ToyThermalizer(nn.Module):
     def forward(self, x):
         out = self.inner(x, x, x)
         return out.eps_x, out.logits_x
+
+    def levels(self, x):
+        return self.inner.levels(x, x, x).logits_x

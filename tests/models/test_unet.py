@@ -1,4 +1,4 @@
-"""U-Net backbone, presets and the three model wrappers: shapes, sizes, periodicity, configs."""
+"""U-Net backbone, presets and the three model wrappers: shapes, sizes, conditioning, configs."""
 
 import dataclasses
 import json
@@ -30,9 +30,11 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def paper_like(grid: int) -> UNetConfig:
-    """The paper preset's topology (4 levels, attention low and in the middle), narrow."""
+    """The paper preset's topology (3 levels, 2 blocks each, conditioned decoder), narrow, with
+    the authors' config-file attention (16² and middle) switched on."""
     return dataclasses.replace(Refiner.unet_config("paper", 1, grid), hidden=8, attention_heads=2,
-                               head_hidden=32)
+                               attention_levels=(2,), mid_attention=True, head_hidden=32,
+                               level_embedding=32)
 
 
 @pytest.mark.parametrize("channels", [1, 2])
@@ -52,17 +54,45 @@ def test_small_preset_shapes(channels):
     assert eps.shape == (3, channels, GRID, GRID) and logits.shape == (3, 51)
 
 
+PAPER_PARAMETERS = 73_727_522   # the paper's count of the authors' refiner (C = 1)
+
+
 @pytest.mark.parametrize("channels", [1, 2])
 def test_paper_preset_size_and_shapes_on_meta(channels):
     cfg = Refiner.unet_config("paper", channels, 64)
-    assert cfg.level_channels == (64, 128, 256, 512)
+    assert cfg.level_channels == (128, 256, 512) and cfg.hidden == 64
     with torch.device("meta"):
         model = Refiner(cfg)
         out = model(*(torch.empty(2, channels, 64, 64) for _ in range(3)))
-    count = count_parameters(model)
-    print(f"\npaper refiner, C={channels}, 64²: {count:,} parameters")
-    assert 65_000_000 <= count <= 80_000_000
     assert out.eps_x.shape == (2, channels, 64, 64) and out.logits_y.shape == (2, 1001)
+    if channels == 1:
+        # the only difference is our clean class (N + 1 = 1001 logits where the authors have
+        # 1000): +6 099 per head (its last two linears), +2 002 per embedding linear (4), and
+        # +1 per output channel of the 4 embedding maps of every decoder block (Σ C = 2 240)
+        clean_class = 2 * (4096 + 1 + 2 * 1001) + 4 * 2 * 1001 + 4 * 2240
+        assert count_parameters(model) == PAPER_PARAMETERS + clean_class
+        assert abs(count_parameters(model) / PAPER_PARAMETERS - 1) < 1e-3
+
+
+def test_decoder_reads_the_level_heads():
+    """ModernUnetDoubleRegressor_plus: changing a head's logits changes ε̂ (and only the
+    decoder reads them); the emulator and Thermalizer decoders are not conditioned."""
+    model = randomize(Refiner(Refiner.unet_config("small", 1, GRID, num_levels=20)), seed=5)
+    unet = model.unet
+    frames = torch.cat([fresh(2, 1, GRID, GRID, seed=50 + s) for s in range(3)], dim=1)
+    h, skips = unet.encode(frames)
+    logits = unet.level_logits(h)
+    base = unet.decode(h, list(skips), logits)
+    torch.testing.assert_close(base, unet(frames)[0])
+    for head in range(2):
+        moved = [z.clone() for z in logits]
+        moved[head][:, 3] += 5.0
+        assert not torch.allclose(unet.decode(h, list(skips), moved), base, atol=1e-5)
+    with pytest.raises(ValueError, match="conditioned on 2 heads"):
+        unet.decode(h, list(skips))
+    assert Refiner.unet_config("small", 1, GRID).condition_decoder
+    assert not Thermalizer.unet_config("small", 1, GRID).condition_decoder
+    assert not Emulator.unet_config("small", 1, GRID).condition_decoder
 
 
 def test_small_preset_sizes():
@@ -78,11 +108,13 @@ def test_unknown_preset_and_bad_configs():
     with pytest.raises(ValueError, match="unknown U-Net preset"):
         unet_preset("huge", 1, 1, 64)
     with pytest.raises(ConfigError, match="not divisible"):
-        UNetConfig(1, 1, grid=36)                                 # 36 is not a multiple of 8
+        UNetConfig(1, 1, grid=34)                                 # 34 is not a multiple of 4
+    with pytest.raises(ConfigError, match="condition_decoder"):
+        UNetConfig(1, 1, grid=64, condition_decoder=True)
     with pytest.raises(ConfigError, match="attention_levels"):
-        UNetConfig(1, 1, grid=64, attention_levels=(4,))
+        UNetConfig(1, 1, grid=64, attention_levels=(3,))
     with pytest.raises(ConfigError, match="attention_heads"):
-        UNetConfig(1, 1, grid=64, attention_heads=3)
+        UNetConfig(1, 1, grid=64, mid_attention=True, attention_heads=3)
     with pytest.raises(ConfigError, match="refiner"):
         Refiner(Emulator.unet_config("small", 1, 32))
     with pytest.raises(ConfigError, match="emulator"):
@@ -103,24 +135,22 @@ def test_config_json_round_trip():
         cfg.hidden = 8
 
 
-@pytest.mark.parametrize("preset_name", ["small", "paper_like"])
-def test_backbone_commutes_with_periodic_shifts(preset_name):
-    """Rolling the input by multiples of the downsampling factor rolls ε̂ the same way.
-
-    `paper_like` has the paper's topology (4 levels, attention at the lowest level and in the
-    middle) at reduced width, so the check stays fast."""
-    cfg = Refiner.unet_config("small", 1, GRID) if preset_name == "small" else paper_like(GRID)
-    model = randomize(Refiner(cfg), seed=1).double()
-    frames = [fresh(2, 1, GRID, GRID, seed=10 + s).double() for s in range(3)]
-    base = model(*frames)
+def test_encoder_commutes_with_periodic_shifts():
+    """The encoder (circular convs, stride-2 downsampling) commutes with shifts by multiples of
+    the downsampling factor; the decoder need not (the authors' transposed convs pad with zeros,
+    and it reads the flattening heads)."""
+    cfg = paper_like(32)
+    unet = randomize(UNet(cfg), seed=1).double()
+    x = fresh(2, cfg.in_channels, 32, 32, seed=10).double()
+    base, _ = unet.encode(x)
     step = cfg.downsampling
     for shift in ((step, 0), (0, 3 * step), (-2 * step, step)):
-        rolled = model(*(f.roll(shift, dims=(-2, -1)) for f in frames))
-        for got, ref in ((rolled.eps_x, base.eps_x), (rolled.eps_y, base.eps_y)):
-            torch.testing.assert_close(got, ref.roll(shift, dims=(-2, -1)), rtol=1e-9, atol=1e-10)
-    # a one-pixel shift is not a symmetry of the strided network: the check above can fail
-    rolled = model(*(f.roll(1, dims=-1) for f in frames))
-    assert not torch.allclose(rolled.eps_x, base.eps_x.roll(1, dims=-1), atol=1e-6)
+        rolled, _ = unet.encode(x.roll(shift, dims=(-2, -1)))
+        bottleneck_shift = (shift[0] // step, shift[1] // step)
+        torch.testing.assert_close(rolled, base.roll(bottleneck_shift, dims=(-2, -1)),
+                                   rtol=1e-9, atol=1e-10)
+    rolled, _ = unet.encode(x.roll(1, dims=-1))      # a one-pixel shift is not a symmetry
+    assert rolled.shape == base.shape and not torch.allclose(rolled, base, atol=1e-6)
 
 
 def test_levels_only_path_matches_forward():

@@ -1,0 +1,140 @@
+"""How well a bundle's level heads read noise levels: the numbers that decide what SNS does.
+
+On held-out clean frames of a solver store (the trajectories training left out), each frame is
+noised to known levels k and the refiner's levels-only pass estimates them:
+
+    x_given_clean_y   n̂_x with x at level k, y clean
+    y_given_clean_x   n̂_y with y at level k, x clean
+    both_x, both_y    n̂_x and n̂_y with both frames at level k (independent noise)
+
+and, on the emulator's own proposals, n̂_x and n̂_y after 1, 10, 100 and 1000 free emulator
+steps from those frames (long frame = the start, y = the previous state, x = the proposal, as in
+a rollout). Each entry keeps the median and the 10–90 % range over the frames. A head
+*resolves* level k when its median is within max(2, 25 % of k) of k; the bar is every k in
+3..200 for both heads (x_given_clean_y and y_given_clean_x).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sns_engine.bundle import check_compatible, load_bundle, save_calibration, store_system
+from sns_engine.data.datasets import refiner_triples
+from sns_engine.data.store import TrajectoryStore
+from sns_engine.engine.rollout import chunked
+from sns_engine.train.loop import split_trajectories
+
+LEVELS = (0, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
+FREE_STEPS = (1, 10, 100, 1000)
+CHECKED = (3, 200)          # the bar: every level in this range
+CHUNK = 16                  # members per network call (cache-sized on the CPU)
+
+
+def tolerance(k: int) -> float:
+    """Allowed |median n̂ − k| for a head to resolve level k."""
+    return max(2.0, 0.25 * k)
+
+
+def summary(values: torch.Tensor) -> dict[str, float]:
+    """Median and 10 / 90 % quantiles of a 1-D tensor of estimates."""
+    q = torch.quantile(values.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2])}
+
+
+def resolved(entry: list[dict[str, float]], levels: Sequence[int]) -> list[bool]:
+    """Per level: is the median within tolerance(k) of k."""
+    return [abs(s["median"] - k) <= tolerance(k) for k, s in zip(levels, entry, strict=True)]
+
+
+@torch.no_grad()
+def calibrate(bundle: str | Path, data: str | Path, levels: Sequence[int] = LEVELS,
+              free_steps: Sequence[int] = FREE_STEPS, samples: int = 32, seed: int = 0,
+              save: bool = True, quiet: bool = True) -> dict[str, Any]:
+    """Calibrate the refiner heads of `bundle` on held-out frames of the solver store `data`
+    (see the module docstring); with `save` the result goes into the bundle's config.json."""
+    if samples < 1:
+        raise ValueError(f"samples must be ≥ 1, got {samples}")
+    loaded = load_bundle(bundle)
+    refiner, emulator = loaded.model("refiner"), loaded.model("emulator")
+    n_max = loaded.schedule.num_levels
+    bad = [k for k in levels if not 0 <= k <= n_max]
+    if bad or list(free_steps) != sorted(set(free_steps)) or min(free_steps, default=1) < 1:
+        raise ValueError(f"levels must lie in 0..{n_max} (got {bad}) and free_steps be increasing "
+                         f"positive step counts (got {list(free_steps)})")
+    store = TrajectoryStore(data)
+    check_compatible({"system": loaded.system}, store_system(store), str(data))
+    train = loaded.config["models"]["refiner"]["train"]
+    _, held_out = split_trajectories(store.spec.trajectories, train["val_fraction"])
+    triples = refiner_triples(store, train["lag"], trajectories=held_out)
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(triples), (samples,), generator=gen)
+    frames = torch.stack([triples[int(i)] for i in picks])
+    long, y0, x0 = frames.unbind(1)
+    estimate = chunked(lambda lo, y, x: torch.stack([z.argmax(-1) for z in refiner.levels(lo, y, x)]).T,
+                       CHUNK)                                   # → (S, 2): (n̂_y, n̂_x)
+    schedule = loaded.schedule
+
+    def noised(frame: torch.Tensor, k: int) -> torch.Tensor:
+        z = torch.randn(frame.shape, generator=gen)
+        return schedule.q_sample(frame, torch.full((frame.shape[0],), k, dtype=torch.long), z)
+
+    result: dict[str, Any] = {"levels": list(levels), "samples": samples, "seed": seed,
+                              "data": str(data), "held_out_trajectories": held_out}
+    columns: dict[str, list[dict[str, float]]] = {name: [] for name in
+                                                  ("x_given_clean_y", "y_given_clean_x", "both_x", "both_y")}
+    for k in tqdm(levels, desc="calibrate: noised frames", disable=quiet):
+        columns["x_given_clean_y"].append(summary(estimate(long, y0, noised(x0, k))[:, 1]))
+        columns["y_given_clean_x"].append(summary(estimate(long, noised(y0, k), x0)[:, 0]))
+        both = estimate(long, noised(y0, k), noised(x0, k))
+        columns["both_y"].append(summary(both[:, 0]))
+        columns["both_x"].append(summary(both[:, 1]))
+    result.update(columns)
+
+    emulate = chunked(emulator, CHUNK)
+    free: dict[str, Any] = {"steps": list(free_steps), "n_x": [], "n_y": []}
+    state = y0.clone()
+    bar = tqdm(total=max(free_steps, default=0), desc="calibrate: free emulator", disable=quiet)
+    for step in range(1, max(free_steps, default=0) + 1):
+        proposal = emulate(state)
+        if step in free_steps:
+            est = estimate(y0, state, proposal)
+            free["n_y"].append(summary(est[:, 0]))
+            free["n_x"].append(summary(est[:, 1]))
+        state = torch.where(torch.isfinite(proposal), proposal, state)
+        bar.update(1)
+    bar.close()
+    result["emulator"] = free
+    checked = [i for i, k in enumerate(levels) if CHECKED[0] <= k <= CHECKED[1]]
+    ok = {name: resolved(columns[name], levels) for name in ("x_given_clean_y", "y_given_clean_x")}
+    result["resolved"] = ok
+    result["resolves_low_levels"] = bool(checked) and all(ok[name][i] for name in ok for i in checked)
+    if save:
+        save_calibration(bundle, result)
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """The calibration as a text table: median [p10, p90] per level and column."""
+    def cell(s: dict[str, float]) -> str:
+        return f"{s['median']:6.0f} [{s['p10']:4.0f},{s['p90']:5.0f}]"
+
+    names = ("x_given_clean_y", "y_given_clean_x", "both_x", "both_y")
+    lines = [f"{'k':>5}  " + "  ".join(f"{n:>19}" for n in names) + "   resolved (x, y)"]
+    for i, k in enumerate(result["levels"]):
+        marks = "".join("✓" if result["resolved"][n][i] else "✗"
+                        for n in ("x_given_clean_y", "y_given_clean_x"))
+        lines.append(f"{k:>5}  " + "  ".join(f"{cell(result[n][i]):>19}" for n in names)
+                     + f"   {marks}")
+    free = result["emulator"]
+    for i, step in enumerate(free["steps"]):
+        lines.append(f"emulator after {step:>4} steps: n̂_x {cell(free['n_x'][i])}  "
+                     f"n̂_y {cell(free['n_y'][i])}")
+    verdict = "resolves" if result["resolves_low_levels"] else "does NOT resolve"
+    lines.append(f"heads {verdict} every level in {CHECKED[0]}..{CHECKED[1]} within max(2, 25 %) "
+                 f"({result['samples']} held-out frames)")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Level-head calibration: the command's table, figure and bundle record, and the bar's rule."""
+
+import json
+
+import pytest
+
+from sns_engine.calibration import calibrate, resolved, table, tolerance
+from sns_engine.cli import main
+
+
+def test_tolerance_and_resolution_rule():
+    assert tolerance(3) == 2 and tolerance(8) == 2 and tolerance(40) == 10
+    entry = [{"median": m} for m in (5.0, 6.0, 125.0, 149.0)]
+    assert resolved(entry, [3, 3, 100, 200]) == [True, False, True, False]
+
+
+def test_calibrate_on_a_tiny_bundle_records_table_and_figure(tiny_bundle, tiny_kolmogorov, tmp_path):
+    levels = (0, 3, 10, 50)
+    result = calibrate(tiny_bundle, tiny_kolmogorov, levels=levels, free_steps=(1, 3), samples=4,
+                       save=False)
+    assert result["levels"] == list(levels) and result["samples"] == 4
+    for name in ("x_given_clean_y", "y_given_clean_x", "both_x", "both_y"):
+        assert len(result[name]) == len(levels)
+        for s in result[name]:
+            assert 0 <= s["p10"] <= s["median"] <= s["p90"] <= 1000
+    assert result["emulator"]["steps"] == [1, 3] and len(result["emulator"]["n_x"]) == 2
+    assert isinstance(result["resolves_low_levels"], bool)
+    assert len(table(result).splitlines()) == 1 + len(levels) + 2 + 1
+    assert "calibration" not in json.loads((tiny_bundle / "config.json").read_text())
+
+    png = tmp_path / "calibration.png"
+    main(["calibrate", str(tiny_bundle), "--data", str(tiny_kolmogorov), "--samples", "3",
+          "--free-steps", "1", "2", "-o", str(png), "--quiet"])
+    assert png.stat().st_size > 10_000
+    stored = json.loads((tiny_bundle / "config.json").read_text())["calibration"]
+    assert stored["samples"] == 3 and stored["emulator"]["steps"] == [1, 2]
+
+
+def test_calibrate_refuses_bad_levels(tiny_bundle, tiny_kolmogorov):
+    with pytest.raises(ValueError, match="levels must lie in"):
+        calibrate(tiny_bundle, tiny_kolmogorov, levels=(5, 2000), save=False)
+    with pytest.raises(ValueError, match="free_steps"):
+        calibrate(tiny_bundle, tiny_kolmogorov, free_steps=(10, 1), save=False)
