@@ -174,8 +174,9 @@ def expected_cost(recipe: Path, folder: Path) -> dict:
     for method in cfg.methods:
         emulator = measured["forward_tflop_batch64"]["emulator"] * scale
         if method == "thermalizer":
-            extra = (1 + active * (cfg.rollout.get("thermalizer_start", 10)
-                                   - cfg.rollout.get("thermalizer_stop", 4)))
+            # a member estimated above start walks from its estimate (≥ start + 1) down to stop
+            start, stop = cfg.rollout.get("thermalizer_start", 11), cfg.rollout.get("thermalizer_stop", 5)
+            extra = 1 + active * (max(level, start + 1) - stop)
             per = measured["forward_tflop_batch64"]["thermalizer"] * scale * extra
         else:
             extra = 0 if method == "emulator" else 1 + TICKS[method](level)
