@@ -1,22 +1,30 @@
 """The U-Net residual block: fused Triton convs vs the torch reference, at the paper's 64² and 32²
 levels.
 
-Cases (paper channel counts, DESIGN.md §3): level 0 (64², 64 ch) and level 1 (32², 128 ch), each
-as an encoder block (C → C, identity shortcut) and a decoder block reading [h, skip] (C + C → C,
-1×1 shortcut). Implementations of ops.conv_block.residual_block:
+Cases (the `paper` network's widths, docs/method.md §Network): level 0 (64², 128 ch) and level 1
+(32², 256 ch), each as an encoder block (C → C, identity shortcut, no level embeddings) and a
+refiner decoder block reading [h, skip] (C + C → C, 1×1 shortcut) shifted by the two heads'
+level embeddings (N + 1 = 1001 wide). Implementations of ops.conv_block.residual_block:
 
-    triton    two fused convs (circular loads, bias, GELU, residual, split input)      GPU only
-    torch     the reference, NCHW: cat, pad, conv (cuDNN on a GPU), GELU, add — one kernel each
+    triton    two fused convs (circular loads, pre-GELU, bias, shifts + GELU, residual, split
+              input)                                                                    GPU only
+    torch     the reference, NCHW: cat, GELU, pad, conv (cuDNN on a GPU), shift add, GELU, add —
+              one kernel each
     torch_cl  the same chain on channels_last tensors (cuDNN's preferred tensor-core layout)
 
-extra_info: FLOPs (the 3×3 convs and the 1×1 shortcut), the bytes the implementation moves under
-a simple model (each op reads its inputs and writes its output once; weights once per conv) and
-the resulting GFLOP/s and GB/s, to set against the roofline.
+extra_info: FLOPs (the 3×3 convs, the 1×1 shortcut and the embedding → shift linear maps), the
+GELU evaluations the block defines (pre-activation of both convs' inputs, one after each shift;
+the fused kernel evaluates its pre-GELU on every loaded input tile, i.e. up to
+9·⌈C_out/BLOCK_N⌉ times per input element, in registers), the bytes the implementation moves
+under a simple model (each op reads its inputs and writes its output once; weights once per
+op) and the resulting GFLOP/s and GB/s, to set against the roofline.
 Run: `pytest bench/test_conv_block.py --benchmark-only` (CPU: torch paths, float32, batch 4;
 GPU: every implementation in float32 and bfloat16, batch 64).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -24,62 +32,86 @@ import torch
 from sns_engine.models.unet import ResidualBlock
 from sns_engine.ops.conv_block import residual_block
 
-# (name, grid, channels of x, channels of skip, output channels)
-CASES = [("l0_enc", 64, 64, 0, 64), ("l0_dec", 64, 64, 64, 64),
-         ("l1_enc", 32, 128, 0, 128), ("l1_dec", 32, 128, 128, 128)]
-IDS = [c[0] for c in CASES]
+EMBEDDING_WIDTH = 1001       # the paper refiner's level embeddings: N + 1 for N = 1000
 
 
-def cost(batch: int, grid: int, c_x: int, c_skip: int, c_out: int, fused: bool) -> tuple[int, int]:
-    """(FLOPs, elements moved) of one residual block under the model in the module docstring."""
-    pixels, padded = batch * grid * grid, batch * (grid + 2) ** 2
-    c_in = c_x + c_skip
+class Case(NamedTuple):
+    name: str
+    grid: int
+    c_x: int                 # channels of x
+    c_skip: int              # channels of the skip (0: none)
+    c_out: int
+    embeddings: int          # level embeddings shifting each conv
+
+
+CASES = [Case("l0_enc", 64, 128, 0, 128, 0), Case("l0_dec", 64, 128, 128, 128, 2),
+         Case("l1_enc", 32, 256, 0, 256, 0), Case("l1_dec", 32, 256, 256, 256, 2)]
+IDS = [c.name for c in CASES]
+
+
+def cost(batch: int, case: Case, fused: bool) -> tuple[int, int, int]:
+    """(FLOPs, GELU evaluations, elements moved) of one residual block under the model in the
+    module docstring."""
+    pixels, padded = batch * case.grid**2, batch * (case.grid + 2) ** 2
+    c_in, c_out = case.c_x + case.c_skip, case.c_out
     conv_weights = 9 * c_in * c_out + 9 * c_out * c_out
     has_1x1 = c_in != c_out
-    flops = 2 * pixels * (conv_weights + (c_in * c_out if has_1x1 else 0))
     act = pixels * c_out                            # one activation map of the output width
+    shifts = 2 * case.embeddings                    # shift vectors (B, C_out): per conv, per embedding
+    flops = 2 * pixels * (conv_weights + (c_in * c_out if has_1x1 else 0)) \
+        + shifts * 2 * batch * EMBEDDING_WIDTH * c_out
+    gelus = pixels * c_in + act + shifts * act
     shortcut = pixels * c_in + act if has_1x1 else 0
-    if fused:                                       # conv1: x, skip → h; conv2: h, residual → out
-        moved = pixels * c_in + act + 3 * act + conv_weights + shortcut
-        if c_skip and has_1x1:                      # split 1×1: a second partial map and an add
-            moved += act + 3 * act
-        return flops, moved
-    cat = 2 * pixels * c_in if c_skip else 0
+    maps = shifts * (batch * EMBEDDING_WIDTH + EMBEDDING_WIDTH * c_out + c_out + batch * c_out)
+    cat = 2 * pixels * c_in if case.c_skip else 0
+    if fused:   # conv1: x, skip, shifts → h; conv2: h, shifts, residual → out; GELUs in registers
+        moved = pixels * c_in + act + 3 * act + conv_weights + shifts * batch * c_out + shortcut
+        if case.c_skip:     # split 1×1: a second partial map and an add; identity: the cat
+            moved += act + 3 * act if has_1x1 else cat
+        return flops, gelus, moved + maps
+    pre_gelus = 2 * pixels * c_in + 2 * act
     pads = pixels * c_in + padded * c_in + act + padded * c_out
     convs = padded * c_in + act + padded * c_out + act + conv_weights
-    gelus, add = 4 * act, 3 * act
-    return flops, cat + pads + convs + gelus + add + shortcut
+    shift_gelus = shifts * (2 * act + batch * c_out + 2 * act)   # h + s[:, :, None, None], GELU
+    add = 3 * act
+    return flops, gelus, cat + pre_gelus + pads + convs + shift_gelus + add + shortcut + maps
 
 
-def _setup(case, batch: int, dtype: torch.dtype, device: str, channels_last: bool):
-    _, grid, c_x, c_skip, c_out = case
+def _setup(case: Case, batch: int, dtype: torch.dtype, device: str, channels_last: bool):
     torch.manual_seed(0)
-    block = ResidualBlock(c_x + c_skip, c_out).to(device, dtype)
+    block = ResidualBlock(case.c_x + case.c_skip, case.c_out, case.embeddings,
+                          EMBEDDING_WIDTH).to(device, dtype)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch, c_x, grid, grid, device=device, dtype=dtype)
-    skip = torch.randn(batch, c_skip, grid, grid, device=device, dtype=dtype) if c_skip else None
+    x = torch.randn(batch, case.c_x, case.grid, case.grid, device=device, dtype=dtype)
+    skip = (torch.randn(batch, case.c_skip, case.grid, case.grid, device=device, dtype=dtype)
+            if case.c_skip else None)
     x, skip = (None if t is None else t.contiguous(memory_format=layout) for t in (x, skip))
-    return block, x, skip
+    embeddings = tuple(torch.randn(batch, EMBEDDING_WIDTH, device=device, dtype=dtype)
+                       for _ in range(case.embeddings))
+    return block, x, skip, embeddings
 
 
-def _run(benchmark, case, impl: str, batch: int, dtype: torch.dtype, device: str, rounds: int):
-    block, x, skip = _setup(case, batch, dtype, device, channels_last=impl != "torch")
+def _run(benchmark, case: Case, impl: str, batch: int, dtype: torch.dtype, device: str,
+         rounds: int):
+    block, x, skip, embeddings = _setup(case, batch, dtype, device, channels_last=impl != "torch")
     backend = "triton" if impl == "triton" else "torch"
 
     def call():
         with torch.inference_mode():
-            out = residual_block(block, x, skip, backend)
+            out = residual_block(block, x, skip, embeddings, backend)
         if device == "cuda":
             torch.cuda.synchronize()
         return out
 
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=1)
-    flops, moved = cost(batch, *case[1:], fused=impl == "triton")
-    seconds = benchmark.stats.stats.mean
+    flops, gelus, moved = cost(batch, case, fused=impl == "triton")
     nbytes = moved * x.element_size()
-    benchmark.extra_info.update(flops=flops, bytes=nbytes, gflops_per_s=flops / seconds / 1e9,
-                                gbytes_per_s=nbytes / seconds / 1e9, batch=batch,
+    benchmark.extra_info.update(flops=flops, gelus=gelus, bytes=nbytes, batch=batch,
                                 dtype=str(dtype).removeprefix("torch."))
+    if benchmark.stats is not None:                 # None under --benchmark-disable: no timing
+        seconds = benchmark.stats.stats.mean
+        benchmark.extra_info.update(gflops_per_s=flops / seconds / 1e9,
+                                    gbytes_per_s=nbytes / seconds / 1e9)
 
 
 @pytest.mark.parametrize("impl", ["torch", "torch_cl"])

@@ -68,9 +68,6 @@ def conv_backend(name: str | None, device: str | torch.device) -> str:
     return "torch" if resolve_backend(name, device) == "torch" else "triton"
 
 
-MAX_SHIFTS = 2   # one per level head: what the Triton kernel's epilogue takes
-
-
 def _check(x, weight, bias, shifts, residual, extra_input) -> None:
     op = "conv3x3_circular"
     if x.ndim != 4:
@@ -88,8 +85,8 @@ def _check(x, weight, bias, shifts, residual, extra_input) -> None:
     c_out = weight.shape[0]
     if bias is not None and bias.shape != (c_out,):
         raise KernelInputError(f"{op}: bias has shape {tuple(bias.shape)}, expected ({c_out},)")
-    if len(shifts) > MAX_SHIFTS:
-        raise KernelInputError(f"{op}: at most {MAX_SHIFTS} shifts (one per level head), got "
+    if len(shifts) > kernel.MAX_SHIFTS:
+        raise KernelInputError(f"{op}: at most {kernel.MAX_SHIFTS} shifts (one per level head), got "
                                f"{len(shifts)}")
     for shift in shifts:
         if shift.shape != (batch, c_out):
