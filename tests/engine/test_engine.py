@@ -24,10 +24,10 @@ def initial(batch, seed=0, size=8, channels=1):
     return torch.randn(batch, channels, size, size, generator=g) * scale[:, None, None, None]
 
 
-def models(path):
-    denoiser = (thermalizer_denoiser(ToyThermalizer(num_levels=100)) if path == "thermalizer"
-                else refiner_denoiser(ToyRefiner(num_levels=100)))
-    return ToyEmulator(), denoiser
+def models(path, device="cpu"):
+    denoiser = (thermalizer_denoiser(ToyThermalizer(num_levels=100).to(device)) if path == "thermalizer"
+                else refiner_denoiser(ToyRefiner(num_levels=100).to(device)))
+    return ToyEmulator().to(device), denoiser
 
 
 def run_engine(x0, cfg, members=None, **kw):
@@ -149,11 +149,7 @@ def test_engine_with_triton_backend_equals_torch():
 def test_cuda_graphs_equal_eager(path):
     cfg = RolloutConfig(path=path, steps=3, seed=5)
     x0 = initial(37, seed=6).cuda()
-    emulator, denoiser = models(path)
-    emulator.cuda()
-    for module in (getattr(denoiser, "__closure__", None) or []):
-        if isinstance(module.cell_contents, torch.nn.Module):
-            module.cell_contents.cuda()
+    emulator, denoiser = models(path, "cuda")
     runs = []
     for graphs in (False, True):
         engine = Engine(emulator, denoiser, SCHEDULE.to("cuda"), x0, cfg, graphs=graphs)
