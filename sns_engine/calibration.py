@@ -134,7 +134,7 @@ def table(result: dict[str, Any]) -> str:
     for i, step in enumerate(free["steps"]):
         lines.append(f"emulator after {step:>4} steps: n̂_x {cell(free['n_x'][i])}  "
                      f"n̂_y {cell(free['n_y'][i])}")
-    verdict = "resolves" if result["resolves_low_levels"] else "does NOT resolve"
-    lines.append(f"heads {verdict} every level in {CHECKED[0]}..{CHECKED[1]} within max(2, 25 %) "
-                 f"({result['samples']} held-out frames)")
+    verdict = "resolve" if result["resolves_low_levels"] else "do NOT resolve"
+    lines.append(f"the heads {verdict} every level in {CHECKED[0]}..{CHECKED[1]} within max(2, 25 %) "
+                 f"of it ({result['samples']} held-out frames)")
     return "\n".join(lines)
