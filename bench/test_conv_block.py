@@ -9,9 +9,9 @@ as an encoder block (C → C, identity shortcut) and a decoder block reading [h,
     torch     the reference, NCHW: cat, pad, conv (cuDNN on a GPU), GELU, add — one kernel each
     torch_cl  the same chain on channels_last tensors (cuDNN's preferred tensor-core layout)
 
-extra_info: FLOPs (the 3×3 convs and the 1×1 shortcut), the bytes the implementation moves under
-a simple model (each op reads its inputs and writes its output once; weights once per conv) and
-the resulting GFLOP/s and GB/s, to set against the roofline.
+extra_info: FLOPs of a call (the 3×3 convs and the 1×1 shortcut) and the bytes the implementation
+moves under a simple model (each op reads its inputs and writes its output once; weights once per
+conv); the run's summary prints the GFLOP/s and GB/s, to set against the roofline.
 Run: `pytest bench/test_conv_block.py --benchmark-only` (CPU: torch paths, float32, batch 4;
 GPU: every implementation in float32 and bfloat16, batch 64).
 """
@@ -23,6 +23,8 @@ import torch
 
 from sns_engine.models.unet import ResidualBlock
 from sns_engine.ops.conv_block import residual_block
+
+from .cases import DTYPE_NAMES, describe_case
 
 # (name, grid, channels of x, channels of skip, output channels)
 CASES = [("l0_enc", 64, 64, 0, 64), ("l0_dec", 64, 64, 64, 64),
@@ -73,13 +75,11 @@ def _run(benchmark, case, impl: str, batch: int, dtype: torch.dtype, device: str
             torch.cuda.synchronize()
         return out
 
-    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1)
     flops, moved = cost(batch, *case[1:], fused=impl == "triton")
-    seconds = benchmark.stats.stats.mean
-    nbytes = moved * x.element_size()
-    benchmark.extra_info.update(flops=flops, bytes=nbytes, gflops_per_s=flops / seconds / 1e9,
-                                gbytes_per_s=nbytes / seconds / 1e9, batch=batch,
-                                dtype=str(dtype).removeprefix("torch."))
+    describe_case(benchmark, "conv_block", impl, device, batch, case[0], DTYPE_NAMES[dtype], flops=flops,
+                  bytes=moved * x.element_size())
+    benchmark.extra_info.update(batch=batch, dtype=str(dtype).removeprefix("torch."))
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("impl", ["torch", "torch_cl"])
