@@ -17,7 +17,7 @@ GELU evaluations the block defines (pre-activation of both convs' inputs, one af
 the fused kernel evaluates its pre-GELU on every loaded input tile, i.e. up to
 9·⌈C_out/BLOCK_N⌉ times per input element, in registers), the bytes the implementation moves
 under a simple model (each op reads its inputs and writes its output once; weights once per
-op) and the resulting GFLOP/s and GB/s, to set against the roofline.
+op); the run's summary prints the GFLOP/s and GB/s, to set against the roofline.
 Run: `pytest bench/test_conv_block.py --benchmark-only` (CPU: torch paths, float32, batch 4;
 GPU: every implementation in float32 and bfloat16, batch 64).
 """
@@ -31,6 +31,8 @@ import torch
 
 from sns_engine.models.unet import ResidualBlock
 from sns_engine.ops.conv_block import residual_block
+
+from .cases import DTYPE_NAMES, describe_case
 
 EMBEDDING_WIDTH = 1001       # the paper refiner's level embeddings: N + 1 for N = 1000
 
@@ -103,15 +105,11 @@ def _run(benchmark, case: Case, impl: str, batch: int, dtype: torch.dtype, devic
             torch.cuda.synchronize()
         return out
 
-    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1)
     flops, gelus, moved = cost(batch, case, fused=impl == "triton")
-    nbytes = moved * x.element_size()
-    benchmark.extra_info.update(flops=flops, gelus=gelus, bytes=nbytes, batch=batch,
-                                dtype=str(dtype).removeprefix("torch."))
-    if benchmark.stats is not None:                 # None under --benchmark-disable: no timing
-        seconds = benchmark.stats.stats.mean
-        benchmark.extra_info.update(gflops_per_s=flops / seconds / 1e9,
-                                    gbytes_per_s=nbytes / seconds / 1e9)
+    describe_case(benchmark, "conv_block", impl, device, batch, case.name, DTYPE_NAMES[dtype],
+                  flops=flops, bytes=moved * x.element_size())
+    benchmark.extra_info.update(gelus=gelus, batch=batch, dtype=str(dtype).removeprefix("torch."))
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("impl", ["torch", "torch_cl"])

@@ -1,9 +1,9 @@
 """The refine tick and the re-noise: fused kernels against the torch reference, across batches.
 
 State: QG-sized frames (2 × 64 × 64), every member moving both frames at level N = 1000 (the
-cosine schedule's tables), levels reset before each round. extra_info: bytes_moved (per moving
-frame and pixel: frame read + ε̂ read + frame written; the noise is made in registers) and the
-resulting GB/s, to set against the memory roofline (H200: ~4.8 TB/s).
+cosine schedule's tables), levels reset before each round. extra_info: bytes of a call (per moving
+frame and pixel: frame read + ε̂ read + frame written; the noise is made in registers), whose GB/s
+the run's summary prints, to set against the memory roofline (H200: ~4.8 TB/s).
 CPU runs the torch path only (Triton needs CUDA outside the tests' interpreter); the triton and
 cuda cases skip without CUDA (and the extension). Run: `pytest bench/test_ddpm_update.py
 --benchmark-only`.
@@ -20,7 +20,7 @@ from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.ops import rng
 from sns_engine.ops.update import ddpm_tick, renoise
 
-from .cases import backend_cases
+from .cases import DTYPE_NAMES, backend_cases, describe_case
 
 FRAME = (2, 64, 64)
 SCHEDULE = CosineSchedule(1000)
@@ -45,11 +45,6 @@ def _state(batch: int, device: str, eps_dtype: torch.dtype) -> dict:
             for k, v in state.items()}
 
 
-def _record(benchmark, bytes_moved: int) -> None:
-    benchmark.extra_info.update(bytes_moved=bytes_moved,
-                                gb_per_s=bytes_moved / benchmark.stats.stats.mean / 1e9)
-
-
 def _rounds(device: str) -> dict:
     return dict(rounds=50, warmup_rounds=3) if device == "cuda" else dict(rounds=5, warmup_rounds=1)
 
@@ -70,9 +65,9 @@ def test_ddpm_tick(benchmark, backend, device, batch, eps_dtype):
         if device == "cuda":
             torch.cuda.synchronize()
 
+    describe_case(benchmark, "ddpm_tick", backend, device, batch, f"eps={DTYPE_NAMES[eps_dtype]}",
+                  bytes=2 * batch * math.prod(FRAME) * (4 + eps_dtype.itemsize + 4))
     benchmark.pedantic(tick, setup=reset, **_rounds(device))
-    numel = math.prod(FRAME)
-    _record(benchmark, 2 * batch * numel * (4 + eps_dtype.itemsize + 4))
 
 
 @pytest.mark.parametrize("backend, device, batch", CASES)
@@ -86,5 +81,5 @@ def test_renoise(benchmark, backend, device, batch):
         if device == "cuda":
             torch.cuda.synchronize()
 
+    describe_case(benchmark, "renoise", backend, device, batch, bytes=batch * math.prod(FRAME) * 8)
     benchmark.pedantic(run, **_rounds(device))
-    _record(benchmark, batch * math.prod(FRAME) * 8)

@@ -1,8 +1,9 @@
 """Fused level argmax against the torch reference (which writes the logits), across batches.
 
 Shape of the level head's last layer (DESIGN.md §3): linear 1000 → 1000 (N + 1 = 1001 classes
-here). extra_info: bytes_moved by the fused op (features, weight, bias read; idx written), the
-logits bytes it avoids (written and read back once by the reference), FLOPs, GB/s and GFLOP/s.
+here). extra_info: bytes moved by a fused call (features, weight, bias read; idx written), the
+logits bytes it avoids (written and read back once by the reference) and FLOPs; the run's summary
+prints GFLOP/s and GB/s.
 CPU runs the torch path only; triton and cuda skip without CUDA (and the extension).
 Run: `pytest bench/test_level_argmax.py --benchmark-only`.
 """
@@ -14,7 +15,7 @@ import torch
 
 from sns_engine.ops.level_argmax import level_argmax
 
-from .cases import backend_cases
+from .cases import DTYPE_NAMES, backend_cases, describe_case
 
 WIDTH, CLASSES = 1000, 1001
 CASES = backend_cases([1, 16, 64, 256])
@@ -34,12 +35,10 @@ def test_level_argmax(benchmark, backend, device, batch, dtype):
             torch.cuda.synchronize()
         return out
 
+    size = dtype.itemsize
+    describe_case(benchmark, "level_argmax", backend, device, batch, DTYPE_NAMES[dtype],
+                  flops=2 * batch * CLASSES * WIDTH,
+                  bytes=batch * WIDTH * size + CLASSES * (WIDTH + 1) * size + batch * 12)
+    benchmark.extra_info["logits_bytes_avoided"] = 2 * batch * CLASSES * 4
     on_gpu = device == "cuda"
     benchmark.pedantic(run, rounds=50 if on_gpu else 5, warmup_rounds=3 if on_gpu else 1)
-    size = dtype.itemsize
-    moved = batch * WIDTH * size + CLASSES * (WIDTH + 1) * size + batch * 12
-    flops = 2 * batch * CLASSES * WIDTH
-    mean = benchmark.stats.stats.mean
-    benchmark.extra_info.update(bytes_moved=moved, logits_bytes_avoided=2 * batch * CLASSES * 4,
-                                flops=flops, gb_per_s=moved / mean / 1e9,
-                                gflop_per_s=flops / mean / 1e9)

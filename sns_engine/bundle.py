@@ -10,7 +10,9 @@
 
 `load_bundle(path)` rebuilds models and schedule from the directory alone. Every weight file's
 SHA-256 is recorded in config.json and checked on load, so a truncated or tampered file is
-refused with a message naming it.
+refused with a message naming it. A model whose training has not reached its last step (a run
+that failed or was killed; its checkpoint is in train/) is not loaded: asking for it says to
+rerun its training with --resume.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Bundle:
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
     initial: torch.Tensor | None = None
     config: dict[str, Any] = field(default_factory=dict)       # config.json as loaded
+    unfinished: dict[str, str] = field(default_factory=dict)  # kind → how far its training got
 
     @property
     def activation(self) -> dict[str, Any]:
@@ -65,9 +68,13 @@ class Bundle:
         return torch.tensor(self.normalisation["std"], dtype=torch.float32)[:, None, None]
 
     def model(self, kind: str) -> torch.nn.Module:
+        if kind in self.unfinished:
+            raise BundleError(f"bundle {self.path}: model {kind} is not finished "
+                              f"({self.unfinished[kind]}); rerun its training into this bundle "
+                              "with resume=True to finish it")
         if kind not in self.models:
             raise BundleError(f"bundle {self.path} has no {kind} (it has {sorted(self.models)}); "
-                              f"train one with `sns-engine train {kind} --out {self.path}`")
+                              f"train a {kind} into it first")
         return self.models[kind]
 
 
@@ -186,12 +193,26 @@ def _load_checked(path: Path, entry: dict[str, Any], what: str) -> dict[str, tor
                           f"({err})") from err
 
 
+def _check_fits(path: Path, file: str, kind: str, model: torch.nn.Module,
+                state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that do not fit the network config.json describes, naming the first
+    tensor that differs (missing, unexpected or of another shape)."""
+    expected = model.state_dict()
+    for name in sorted(set(expected) | set(state)):
+        if name not in state or name not in expected or state[name].shape != expected[name].shape:
+            have = list(state[name].shape) if name in state else "missing"
+            want = list(expected[name].shape) if name in expected else "absent"
+            raise BundleError(f"bundle {path}: {file} does not fit the {kind} {CONFIG} describes "
+                              f"({name} is {have} in the weights, {want} in {CONFIG}); restore the "
+                              "bundle's files or retrain")
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Rebuild a bundle's models (eval mode, EMA weights), schedule and initial states."""
     path = Path(path)
     config = read_config(path)
     if config is None:
-        raise BundleError(f"{path} is not a bundle (no {CONFIG}); train one with `sns-engine train`")
+        raise BundleError(f"{path} is not a bundle (no {CONFIG}); train models into it first")
     try:
         sched = config["schedule"]
         schedule = CosineSchedule(sched["num_levels"], sched["s"], sched["max_beta"])
@@ -202,12 +223,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         for kind, entry in config["models"].items():
             if kind not in MODEL_KINDS:
                 raise BundleError(f"bundle {path}: unknown model kind {kind!r}")
+            step, steps = entry.get("step"), entry.get("train", {}).get("steps")
+            if step is not None and steps is not None and step < steps:
+                bundle.unfinished[kind] = f"trained {step} of {steps} steps"
+                continue
             model = build_model(kind, from_dict(UNetConfig, entry["unet"]))
             state = _load_checked(path, entry, kind)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise BundleError(f"bundle {path}: {entry['file']} does not fit the {kind} in "
-                                  f"{CONFIG} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            _check_fits(path, entry["file"], kind, model, state)
+            model.load_state_dict(state)
             bundle.models[kind] = model.to(device).eval().requires_grad_(False)
         if INITIAL in config:
             bundle.initial = _load_checked(path, config[INITIAL], "initial-state")["states"].to(device)

@@ -2,24 +2,36 @@
 
 Every config in the engine is a frozen dataclass of plain values. `to_dict` / `from_dict` convert
 them to and from JSON-able dicts; `from_dict` rejects unknown keys so a typo or a config from a
-newer version fails loudly instead of being ignored.
+newer version fails loudly instead of being ignored. A config checks itself when it is made: each
+value's type (`check_type`), then its range, every error naming the field in the API's spelling
+(`name=VALUE`, `name must ...`), which the CLI rewrites into its options. Each field carries a
+one-line meaning (`field_help`): the CLI's option help and the API's docstrings (`document`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
+import reprlib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ConfigError(ValueError):
     """A configuration value or file is invalid."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A configuration value has the wrong type (a TypeError, and a ConfigError like the others)."""
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -50,15 +62,6 @@ def _coerce(hint: Any, value: Any) -> Any:
     return value
 
 
-def replace(config: T, **changes: Any) -> T:
-    """`dataclasses.replace` with a clear error for a field that does not exist."""
-    fields = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(changes) - fields)
-    if unknown:
-        raise ConfigError(f"{type(config).__name__} has no field(s) {unknown}; valid: {sorted(fields)}")
-    return dataclasses.replace(config, **changes)
-
-
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename), so a kill never leaves half a file."""
     path = Path(path)
@@ -67,34 +70,129 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's one-line meaning (its `help` metadata), by field name."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
+
+
+def document(*classes: type) -> Callable[[F], F]:
+    """Decorator: append to a function's docstring a line per parameter that is a field of `classes`
+    and is not described there yet, with the field's meaning and the function's default."""
+    def add(fn: F) -> F:
+        meaning = {name: text for cls in classes for name, text in field_help(cls).items()}
+        doc = fn.__doc__ or ""
+        described = {line.strip().partition(":")[0] for line in doc.splitlines()}
+        lines = [f"    {name}: {meaning[name]}"
+                 + ("" if p.default is p.empty else f" (default {p.default!r})")
+                 for name, p in inspect.signature(fn).parameters.items()
+                 if name in meaning and name not in described]
+        fn.__doc__ = doc.rstrip() + "\n" + "\n".join(lines) + "\n"
+        return fn
+
+    return add
+
+
+def param_help(fn: Callable[..., Any]) -> dict[str, str]:
+    """The meaning of each parameter that `fn`'s docstring describes (`name: meaning`, continued on
+    indented lines), without its "(default ...)" ending."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in (inspect.getdoc(fn) or "").splitlines():
+        match = re.match(r"(\w+): (.*)", line)
+        if match:
+            name, docs[match[1]] = match[1], match[2]
+        elif name is not None and line.startswith(" "):
+            docs[name] += " " + line.strip()
+        else:
+            name = None
+    return {name: re.sub(r" \(default [^()]*\)$", "", text) for name, text in docs.items()}
+
+
+_KINDS = {bool: "a bool (True or False)", int: "an int", float: "a number", str: "a string"}
+
+
+def check_type(name: str, value: Any, kind: type) -> None:
+    """Raise ConfigTypeError unless `value` is a `kind` (bool, int, float or str); an int counts as a
+    float, a bool counts as neither."""
+    ok = isinstance(value, (int, float) if kind is float else kind)
+    if not ok or (kind is not bool and isinstance(value, bool)):
+        raise ConfigTypeError(f"{name} must be {_KINDS[kind]}, got {type(value).__name__} "
+                              f"{reprlib.repr(value)}")
+
+
+def check_types(cls: type, values: dict[str, Any]) -> None:
+    """`check_type` of every entry of `values` that is a field of `cls` with a bool, int, float or
+    str annotation (others are left to the class)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):   # Optional: None allowed
+            if value is None:
+                continue
+            hint = next((a for a in typing.get_args(hint) if a in _KINDS), None)
+        if hint in _KINDS:
+            check_type(name, value, hint)
+
+
+def check_device(device: Any) -> None:
+    """Raise ConfigError unless `device` (a name, a torch.device or None = automatic) is the CPU or
+    a CUDA device this machine has."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA is not available on this machine; use device='cpu'")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"there is no {dev}: this machine has {count} CUDA device(s), cuda:0 to "
+                          f"cuda:{count - 1}")
+
+
+def _field(default: Any, meaning: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run (defaults: the reference code's, DESIGN.md §3)."""
+    """Hyper-parameters of one training run (defaults: the authors' code, docs/method.md §Training)."""
 
-    model: str = "refiner"           # emulator | refiner | thermalizer
-    preset: str = "small"            # U-Net preset
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 5e-5
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    lr_step: int = 600_000           # StepLR period (optimizer steps)
-    lr_gamma: float = 0.9
-    unroll: int = 4                  # emulator: steps unrolled in the loss
-    lag: int = 100                   # refiner: long-lag frame offset (snapshots)
-    ce_weight: float = 0.1           # refiner/thermalizer: λ on the level cross-entropy
-    level_bias: float = 0.0          # 0 = uniform levels; >0 favours small levels
-    num_levels: int = 1000
-    val_fraction: float = 0.1        # share of trajectories held out for validation
-    val_every: int = 200
-    checkpoint_every: int = 200
-    seed: int = 0
-    bf16: bool = True                # autocast on CUDA only
+    model: str = _field("refiner", "the model to train: emulator, refiner or thermalizer")
+    preset: str = _field("small", "U-Net size: small (CPU-sized) or paper (the authors' refiner, "
+                                  "73.7 M parameters)")
+    steps: int = _field(2000, "optimizer steps")
+    batch_size: int = _field(64, "training samples per optimizer step (over all ranks)")
+    lr: float = _field(5e-5, "AdamW learning rate")
+    weight_decay: float = _field(0.05, "AdamW weight decay")
+    grad_clip: float = _field(1.0, "largest gradient norm (larger ones are scaled down)")
+    ema_decay: float = _field(0.999, "decay of the weights' moving average (the bundle keeps the average)")
+    lr_step: int = _field(600_000, "optimizer steps between learning-rate decays")
+    lr_gamma: float = _field(0.9, "factor of each learning-rate decay")
+    unroll: int = _field(4, "emulator: steps unrolled in the loss")
+    lag: int = _field(100, "refiner: offset of the long-lag conditioning frame, in snapshots")
+    ce_weight: float = _field(0.1, "refiner, thermalizer: weight of the level cross-entropy in the loss")
+    level_bias: float = _field(0.0, "0 draws training noise levels uniformly; > 0 favours small levels")
+    num_levels: int = _field(1000, "diffusion levels N")
+    val_fraction: float = _field(0.1, "share of the trajectories held out for validation")
+    val_every: int = _field(200, "optimizer steps between validations")
+    checkpoint_every: int = _field(200, "optimizer steps between checkpoints (resume points)")
+    seed: int = _field(0, "seed of the initial weights and of the batch draws")
+    bf16: bool = _field(True, "bfloat16 autocast (on CUDA only)")
 
     def __post_init__(self) -> None:
+        from sns_engine.models.unet import PRESETS  # imports torch: only once a training is set up
+
+        check_types(type(self), vars(self))
         if self.model not in ("emulator", "refiner", "thermalizer"):
             raise ConfigError(f"unknown model {self.model!r}; choose emulator, refiner or thermalizer")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown U-Net preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         for name in ("steps", "batch_size", "unroll", "lag", "num_levels", "val_every",
                      "checkpoint_every", "lr_step"):
             if getattr(self, name) <= 0:
@@ -107,28 +205,50 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How an ensemble is rolled out (DESIGN.md §3; defaults follow the reference code)."""
+    """How an ensemble is rolled out (defaults: the authors' code, docs/method.md §Rollout)."""
 
-    path: str = "left_down"
-    steps: int = 100
-    threshold: int | None = None     # activation: refine when the head(s) estimate ≥ threshold;
-    threshold_heads: str | None = None   # "x" or "either"; None: the bundle's system default
-    renoise: bool = True             # re-noise frames to their start level before walking
-    thermalizer_start: int = 11      # our levels: the authors' class 10 (docs/method.md)
-    thermalizer_stop: int = 5        # their class 4
-    noise_limit: int = 101           # thermalizer: n̂ above it flags the member (their 100)
-    bound: float = 100.0             # |state| (normalised units) above it flags the member
-    seed: int = 0
-    save_every: int = 1
+    path: str = _field("left_down", "traversal path in the (n_x, n_y) plane")
+    steps: int = _field(100, "physical steps to roll out")
+    threshold: int | None = _field(None, "activation: refine the members whose estimated level (of the "
+                                         "head(s) threshold_heads names) is at least this, 0 = every "
+                                         "member; None: the bundle's system default (Kolmogorov 0, QG 7)")
+    threshold_heads: str | None = _field(None, "which estimate the threshold reads: x (n̂_x) or either "
+                                               "(the larger of n̂_x, n̂_y); None: the bundle's default")
+    renoise: bool = _field(True, "re-noise every frame to its start level before walking")
+    thermalizer_start: int = _field(11, "thermalizer: members estimated above this level are re-noised "
+                                        "to their estimate and walked down (the authors' class 10)")
+    thermalizer_stop: int = _field(5, "thermalizer: level the walk stops at (the authors' class 4)")
+    noise_limit: int = _field(101, "thermalizer: members estimated above this level are flagged "
+                                   "(the authors' class 100)")
+    bound: float = _field(100.0, "members whose |state| (normalised units) exceeds this are flagged "
+                                 "and frozen")
+    seed: int = _field(0, "noise seed (a member's noise is keyed by the seed and its member id)")
+    save_every: int = _field(1, "physical steps between stored states; must divide `steps`")
 
     def __post_init__(self) -> None:
+        from sns_engine.diffusion.paths import HEADS, get_path  # imports torch: only once a rollout is set up
+
+        check_types(type(self), vars(self))
+        get_path(self.path)
         for name in ("steps", "save_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.threshold is not None and self.threshold < 0:
-            raise ConfigError(f"threshold must be ≥ 0 (0 refines every member), got {self.threshold}")
-        if self.threshold_heads not in (None, "x", "either"):
-            raise ConfigError(f"threshold_heads must be 'x' or 'either', got {self.threshold_heads!r}")
-        if not 0 <= self.thermalizer_stop < self.thermalizer_start:
-            raise ConfigError("thermalizer_stop must be in [0, thermalizer_start), got "
-                              f"{self.thermalizer_stop} and {self.thermalizer_start}")
+        steps, every = self.steps, self.save_every
+        if every > steps:
+            raise ConfigError(f"save_every={every} is larger than steps={steps}, so no state would be "
+                              f"saved; use steps={every} or save_every={steps}")
+        if steps % every:
+            lost = steps % every
+            raise ConfigError(f"steps={steps} is not a multiple of save_every={every}, so the last "
+                              f"{lost} step{'s' * (lost > 1)} would not be saved; use "
+                              f"steps={steps - lost} or steps={steps - lost + every}")
+        for name in ("threshold", "thermalizer_stop", "noise_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.threshold_heads not in (None, *HEADS):
+            raise ConfigError(f"threshold_heads must be one of {HEADS}, got {self.threshold_heads!r}")
+        if not self.bound > 0:
+            raise ConfigError(f"bound must be positive, got {self.bound}")
+        if not self.thermalizer_stop < self.thermalizer_start:
+            raise ConfigError(f"thermalizer_stop={self.thermalizer_stop} must be below "
+                              f"thermalizer_start={self.thermalizer_start}")

@@ -1,7 +1,20 @@
-"""PNG figures (matplotlib, Agg): spectra, snapshots, and an evaluation report's curves."""
+"""PNG figures (matplotlib, Agg): spectra, snapshots, and an evaluation report's curves.
+
+Every figure names its fields and units (`sns_engine.systems.units`): snapshots carry the
+physical time of each column and a symmetric colour bar per channel, spectra their axes' units and
+a legend of field, ensemble and solver. Figures are built first and written last
+(`write_figures`): all of them are rendered to PNG in memory, written to temporary files beside
+their targets and only then renamed into place, so a bad store or reference, a rendering error or
+a full disk leaves no partial or half-written figure behind.
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,141 +24,323 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from sns_engine.data.store import TrajectoryStore  # noqa: E402
+from sns_engine.data.store import StoreError, TrajectoryStore  # noqa: E402
 from sns_engine.diagnostics.evaluate import _subsample, evaluate, field_spectra  # noqa: E402
+from sns_engine.systems import Units, units  # noqa: E402
+
+SNAPSHOT_MEMBERS = 16  # members shown by `snapshots` at most
+DPI = 110
+# the spectra of diagnostics.evaluate.field_spectra, by curve name: what they are, from which channel
+_CURVES = {"energy": ("kinetic energy", "vorticity"),
+           "energy_upper": ("upper-layer kinetic energy", "q_upper"),
+           "energy_lower": ("lower-layer kinetic energy", "q_lower")}
 
 
-def _save(fig, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+def store_units(store: TrajectoryStore) -> Units:
+    """The display names and units of `store`'s system and channels."""
+    return units(store.spec.system, store.spec.channel_names)
+
+
+def _unit(text: str) -> str:
+    return f" ({text})" if text else ""
+
+
+def _time(u: Units, t: float) -> str:
+    return f"t = {t / u.time_scale:.4g}" + (f" {u.time_unit}" if u.time_unit else "")
+
+
+def _window(u: Units, lo: float, hi: float) -> str:
+    return (f"t ∈ [{lo / u.time_scale:.4g}, {hi / u.time_scale:.4g}]"
+            + (f" {u.time_unit}" if u.time_unit else ""))
+
+
+def _curve_label(name: str) -> str:
+    return _CURVES.get(name, (name, None))[0]
+
+
+def _curve_source(u: Units, name: str) -> str | None:
+    """The label of the channel a spectrum is computed from, e.g. 'field: q₁ upper-layer PV
+    anomaly (1/s)'; None where unknown."""
+    channel = u.channels.get(_CURVES.get(name, (name, ""))[1])
+    return f"field: {channel.label}" if channel else None
+
+
+def _kind(store: TrajectoryStore) -> tuple[str, str, str]:
+    """What the store holds and what one / several of its trajectories are called."""
+    if "rollout" in store.root.attrs:
+        return "ensemble", "member", "members"
+    return "solver data", "trajectory", "trajectories"
+
+
+def _store_times(store: TrajectoryStore, idx: np.ndarray) -> np.ndarray:
+    """Physical time of the snapshots `idx` (the store's `time` array)."""
+    return np.asarray(store.root["time"][:])[idx]
+
+
+def check_reference(store: TrajectoryStore, reference: TrajectoryStore) -> None:
+    """Raise StoreError unless `reference` holds the same system, channels, grid and domain as
+    `store` (so their spectra and fields can be compared)."""
+    for key in ("system", "channel_names", "grid", "domain_length"):
+        mine, theirs = getattr(store.spec, key), getattr(reference.spec, key)
+        if mine != theirs:
+            raise StoreError(f"{store.path} has {key}={mine!r} but the reference {reference.path} has "
+                             f"{theirs!r}; pass the solver store the ensemble was trained on")
+
+
+def _member_grid(n: int) -> tuple[int, int]:
+    """Rows and columns of a near-square grid of `n` panels."""
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def _symmetric_limit(values: np.ndarray) -> tuple[float, bool]:
+    """A symmetric colour limit (99.9th percentile of |finite values|) and whether values lie
+    beyond it."""
+    finite = np.abs(values[np.isfinite(values)])
+    if finite.size == 0:
+        return 1.0, False
+    limit = float(np.percentile(finite, 99.9)) or float(finite.max()) or 1.0
+    return limit, bool(finite.max() > limit)
+
+
+def snapshot_figure(store: TrajectoryStore, members: int = SNAPSHOT_MEMBERS, times: int = 3) -> Figure:
+    """Every member (up to `members`) at `times` saved steps (first, …, last), one block of a
+    member grid per time and channel, each channel with its own symmetric colour bar."""
+    spec, u = store.spec, store_units(store)
+    n = min(members, spec.trajectories)
+    idx = _subsample(spec.snapshots, times)
+    t = _store_times(store, idx)
+    data = np.asarray(store.fields[:n, idx])  # (n, times, C, H, W)
+    rows, cols = _member_grid(n)
+    side = spec.domain_length / u.length_scale
+    panel = 1.25 if n > 4 else 1.7
+    fig = Figure(figsize=(len(idx) * cols * panel + 1.4, spec.channels * (rows * panel + 0.7) + 0.5),
+                 layout="constrained")
+    kind, one, many = _kind(store)
+    shown = f"all {n} {many}" if n == spec.trajectories else f"{n} of {spec.trajectories} {many} (0–{n - 1})"
+    bad = "" if np.isfinite(data).all() else "; grey: NaN/Inf"
+    fig.suptitle(f"{spec.system} {kind} snapshots: {shown}{bad}")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.6")
+    for c, channel_fig in enumerate(fig.subfigures(spec.channels, 1, squeeze=False)[:, 0]):
+        channel = u.channels[spec.channel_names[c]]
+        limit, beyond = _symmetric_limit(data[:, :, c])
+        norm = Normalize(-limit, limit)
+        *blocks, bar_fig = channel_fig.subfigures(1, len(idx) + 1, width_ratios=[cols] * len(idx) + [0.7])
+        for j, block in enumerate(blocks):
+            block.suptitle(f"{channel.symbol}, {_time(u, float(t[j]))}", fontsize=9)
+            axes = block.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+            for i, ax in enumerate(axes.flat):
+                if i >= n:
+                    ax.set_axis_off()
+                    continue
+                image = ax.imshow(data[i, j, c], cmap=cmap, norm=norm, origin="lower",
+                                  extent=(0, side, 0, side), interpolation="nearest")
+                ax.set_title(f"{one} {i}", fontsize=6, pad=2)
+                ax.tick_params(labelsize=5, length=2)
+            left_bottom = axes[rows - 1, 0]
+            left_bottom.set_xlabel(f"x{_unit(u.length_unit)}", fontsize=7)
+            left_bottom.set_ylabel(f"y{_unit(u.length_unit)}", fontsize=7)
+        bar = bar_fig.colorbar(image, cax=bar_fig.add_axes((0.1, 0.08, 0.22, 0.8)),
+                               extend="both" if beyond else "neither")
+        bar.set_label(channel.label, fontsize=8)
+        bar.ax.tick_params(labelsize=6)
+    return fig
+
+
+def _mean_spectra(store: TrajectoryStore, times: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    """Spectra averaged over all trajectories at `times`, `batch` trajectories at a time."""
+    total: dict[str, np.ndarray] = {}
+    for lo in range(0, store.spec.trajectories, batch):
+        fields = torch.from_numpy(np.asarray(store.fields[lo:lo + batch, times]))
+        for name, value in field_spectra(store, fields).items():
+            total[name] = value.numpy() if name == "k" else total.get(name, 0) + value.sum((0, 1)).numpy()
+    count = store.spec.trajectories * len(times)
+    return {name: v if name == "k" else v / count for name, v in total.items()}
+
+
+def spectrum_figure(store: TrajectoryStore, reference: TrajectoryStore | None = None,
+                    windows: int = 4) -> Figure:
+    """Energy spectra averaged over members in `windows` time windows, log-log, one panel per
+    curve, plus the reference solver's (all its trajectories and times) when given."""
+    spec, u = store.spec, store_units(store)
+    if reference is not None:
+        check_reference(store, reference)
+    t = spec.snapshots
+    bounds = np.linspace(0, t, min(windows, t) + 1).round().astype(int)
+    times = _store_times(store, np.arange(t))
+    kind, _, many = _kind(store)
+    curves = [(f"{kind}, {_window(u, float(times[lo]), float(times[hi - 1]))}",
+               _mean_spectra(store, _subsample(hi - lo, 16) + lo))
+              for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    solver = (_mean_spectra(reference, _subsample(reference.spec.snapshots, 16))
+              if reference is not None else None)
+    names = [n for n in curves[0][1] if n != "k"]
+    fig = Figure(figsize=(5.6 * len(names), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(curves)))
+    for ax, name in zip(axes, names, strict=True):
+        for colour, (label, s) in zip(colours, curves, strict=True):
+            ax.loglog(s["k"][1:], s[name][1:], color=colour, label=label)
+        if solver is not None:
+            ax.loglog(solver["k"][1:], solver[name][1:], "k--", label="solver reference (all times)")
+        _label_spectrum_axes(ax, u, name)
+    fig.suptitle(f"{spec.system} energy spectra, mean of {spec.trajectories} {many}, "
+                 f"{_window(u, float(times[0]), float(times[-1]))}")
+    return fig
+
+
+def _label_spectrum_axes(ax: Any, u: Units, name: str) -> None:
+    ax.set_xlabel(f"wavenumber k{_unit(u.wavenumber_unit)}")
+    ax.set_ylabel(f"energy spectrum E(k){_unit(u.energy_spectrum_unit or 'nondimensional')}")
+    ax.set_title(_curve_label(name))
+    ax.legend(fontsize=7, title=_curve_source(u, name), title_fontsize=7)
+
+
+def report_figure_set(report: dict[str, Any], u: Units | None = None) -> dict[str, Figure]:
+    """The evaluation figures by file name: spectra over time, error and W1 over time,
+    autocorrelation and survival curve, level and move histograms. `u` names the fields and units
+    (default: the curves' and channels' own names, times unscaled)."""
+    u = u or Units({})
+    channels = list(u.channels.values())
+    time_axis = f"time{_unit(u.time_unit)}"
+    mid = [np.mean(w["time"]) / u.time_scale for w in report["windows"]]
+    figures = {}
+    k = np.asarray(report["k"])
+    names = list(report["reference_spectra"])
+    fig = Figure(figsize=(5.6 * len(names), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(mid)))
+    for ax, name in zip(axes, names, strict=True):
+        for colour, w in zip(colours, report["windows"], strict=True):
+            ax.loglog(k[1:], np.asarray(w["mean_spectra"][name])[1:], color=colour,
+                      label=f"ensemble, {_window(u, *w['time'])}")
+        ax.loglog(k[1:], np.asarray(report["reference_spectra"][name])[1:], "k--",
+                  label="solver reference")
+        _label_spectrum_axes(ax, u, name)
+    first, last = report["windows"][0]["time"][0], report["windows"][-1]["time"][1]
+    fig.suptitle(f"energy spectra over time, {report['members']} members, {_window(u, first, last)}")
+    figures["spectra.png"] = fig
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    for name in names:
+        a.plot(mid, [w["spectrum_error"][name] for w in report["windows"]], "o-",
+               label=_curve_label(name))
+    a.set_xlabel(time_axis)
+    a.set_ylabel("relative error of the mean spectrum")
+    a.legend(fontsize=7)
+    for c in range(len(report["windows"][0]["w1"])):
+        label = channels[c].label if c < len(channels) else f"channel {c}"
+        b.plot(mid, [w["w1"][c] for w in report["windows"]], "o-", label=label)
+    b.set_xlabel(time_axis)
+    b.set_ylabel("W1 distance of the marginal PDF (field units)")
+    b.legend(fontsize=7)
+    figures["error_over_time.png"] = fig
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    if "autocorrelation" in report:
+        acf = report["autocorrelation"]
+        lag = np.asarray(acf["lag_time"]) / u.time_scale
+        a.plot(lag, acf["ensemble"], label="ensemble")
+        a.plot(lag, acf["reference"], "k--", label="solver reference")
+        a.set_xlabel(f"lag{_unit(u.time_unit)}")
+        a.set_ylabel("autocorrelation")
+        a.legend(fontsize=7)
+    else:
+        a.set_axis_off()
+        a.set_title("no autocorrelation (ensemble and solver intervals differ)", fontsize=8)
+    surv = report["stability"]["survival"]
+    b.step(np.asarray(surv["time"]) / u.time_scale, surv["fraction"], where="post")
+    b.set_ylim(-0.02, 1.02)
+    b.set_xlabel(time_axis)
+    b.set_ylabel("fraction of members stable")
+    b.set_title(f"stability (spectrum error ≤ {report['stability']['threshold']:g})")
+    figures["autocorrelation_stability.png"] = fig
+
+    if "levels" in report:
+        fig = Figure(figsize=(13, 3.8), layout="constrained")
+        for ax, (label, hist) in zip(fig.subplots(1, 3), [
+                ("estimated level n_x", report["levels"]["n_x"]),
+                ("estimated level n_y", report["levels"]["n_y"]),
+                ("refinement forwards per member-step", report["moves"])], strict=True):
+            ax.bar(hist["value"], hist["count"], width=1.0)
+            ax.set_xlabel(label)
+            ax.set_ylabel("count")
+        figures["levels.png"] = fig
+    return figures
+
+
+def write_figures(figures: Mapping[Path, Any]) -> list[Path]:
+    """Write figures to their paths (PNG) all or nothing, as far as the file system allows:
+    render all, write each to a temporary file beside its target, then rename them into place.
+    A figure without a layout engine gets matplotlib's tight layout."""
+    rendered = {}
+    for out, fig in figures.items():
+        if fig.get_layout_engine() is None:
+            fig.set_layout_engine("tight")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
+        plt.close(fig)
+        rendered[Path(out)] = buffer.getvalue()
+    temporary: dict[Path, str] = {}
+    try:
+        for out, png in rendered.items():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+            temporary[out] = name
+            with os.fdopen(handle, "wb") as file:
+                file.write(png)
+    except BaseException:
+        for name in temporary.values():
+            Path(name).unlink(missing_ok=True)
+        raise
+    for out, name in temporary.items():
+        os.replace(name, out)
+    return list(temporary)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    """Write one figure atomically (see `write_figures`)."""
+    return write_figures({out: fig})[0]
 
 
 def spectrum(store: TrajectoryStore, out: Path, reference: TrajectoryStore | None = None,
              windows: int = 4) -> Path:
-    """Energy spectra averaged over trajectories in `windows` time windows (+ a reference)."""
-    t = store.spec.snapshots
-    bounds = np.linspace(0, t, min(windows, t) + 1).round().astype(int)
-    curves = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        idx = _subsample(hi - lo, 16) + lo
-        data = torch.from_numpy(np.asarray(store.fields[:, idx]))
-        s = field_spectra(store, data)
-        curves.append((f"t ∈ [{lo * store.spec.snapshot_dt:.3g}, {hi * store.spec.snapshot_dt:.3g}]", s))
-    names = [n for n in curves[0][1] if n != "k"]
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(curves)))
-    for ax, name in zip(axes[0], names, strict=True):
-        for colour, (label, s) in zip(colours, curves, strict=True):
-            k = s["k"].numpy()
-            ax.loglog(k[1:], s[name].mean(dim=(0, 1)).numpy()[1:], color=colour, label=label)
-        if reference is not None:
-            idx = _subsample(reference.spec.snapshots, 16)
-            r = field_spectra(reference, torch.from_numpy(np.asarray(reference.fields[:, idx])))
-            ax.loglog(r["k"].numpy()[1:], r[name].mean(dim=(0, 1)).numpy()[1:], "k--", label="solver")
-        ax.set_xlabel("wavenumber k")
-        ax.set_ylabel(f"E(k) [{name}]")
-        ax.set_title(f"{store.spec.system} {name} spectrum")
-        ax.legend(fontsize=7)
-    return _save(fig, out)
+    """Write `spectrum_figure` to `out`."""
+    return _save(spectrum_figure(store, reference, windows), out)
 
 
-def snapshots(store: TrajectoryStore, out: Path, members: int = 4, times: int = 6) -> Path:
-    """A grid of snapshots: rows = members, columns = times, first channel."""
-    n, t = min(members, store.spec.trajectories), store.spec.snapshots
-    idx = _subsample(t, times)
-    data = np.asarray(store.fields[:n, idx, 0])
-    finite = data[np.isfinite(data)]
-    vmax = float(np.abs(finite).max()) if finite.size else 1.0
-    fig, axes = plt.subplots(n, len(idx), figsize=(1.9 * len(idx), 1.9 * n), squeeze=False)
-    for i in range(n):
-        for j, tj in enumerate(idx):
-            ax = axes[i, j]
-            ax.imshow(data[i, j], cmap="RdBu_r", vmin=-vmax, vmax=vmax, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"t = {(tj + 1) * store.spec.snapshot_dt:.3g}", fontsize=8)
-        axes[i, 0].set_ylabel(f"member {i}", fontsize=8)
-    return _save(fig, out)
+def snapshots(store: TrajectoryStore, out: Path, members: int = SNAPSHOT_MEMBERS, times: int = 3) -> Path:
+    """Write `snapshot_figure` to `out`."""
+    return _save(snapshot_figure(store, members, times), out)
 
 
-def report_figures(report: dict[str, Any], folder: Path) -> list[Path]:
-    """The evaluation figures: spectra over time, error and W1 over time, autocorrelation,
-    survival curve, level and move histograms."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mid = [np.mean(w["time"]) for w in report["windows"]]
-    out = []
-    k = np.asarray(report["k"])
-    names = list(report["reference_spectra"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(mid)))
-    for ax, name in zip(axes[0], names, strict=True):
-        for colour, w in zip(colours, report["windows"], strict=True):
-            ax.loglog(k[1:], np.asarray(w["mean_spectra"][name])[1:], color=colour,
-                      label=f"t ∈ [{w['time'][0]:.3g}, {w['time'][1]:.3g}]")
-        ax.loglog(k[1:], np.asarray(report["reference_spectra"][name])[1:], "k--", label="solver")
-        ax.set_xlabel("wavenumber k")
-        ax.set_title(f"{name} spectrum over time")
-        ax.legend(fontsize=7)
-    out.append(_save(fig, folder / "spectra.png"))
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in names:
-        a.plot(mid, [w["spectrum_error"][name] for w in report["windows"]], "o-", label=name)
-    a.set_xlabel("time")
-    a.set_ylabel("relative spectrum error")
-    a.legend()
-    for c in range(len(report["windows"][0]["w1"])):
-        b.plot(mid, [w["w1"][c] for w in report["windows"]], "o-", label=f"channel {c}")
-    b.set_xlabel("time")
-    b.set_ylabel("W1 of marginal PDF")
-    b.legend()
-    out.append(_save(fig, folder / "error_over_time.png"))
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    if "autocorrelation" in report:
-        acf = report["autocorrelation"]
-        a.plot(acf["lag_time"], acf["ensemble"], label="ensemble")
-        a.plot(acf["lag_time"], acf["reference"], "k--", label="solver")
-        a.set_xlabel("lag")
-        a.set_ylabel("autocorrelation")
-        a.legend()
-    surv = report["stability"]["survival"]
-    b.step(surv["time"], surv["fraction"], where="post")
-    b.set_ylim(-0.02, 1.02)
-    b.set_xlabel("time")
-    b.set_ylabel("fraction of members stable")
-    b.set_title(f"stability (spectrum error ≤ {report['stability']['threshold']})")
-    out.append(_save(fig, folder / "autocorrelation_stability.png"))
-
-    if "levels" in report:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-        for ax, (label, hist) in zip(axes, [("estimated n_x", report["levels"]["n_x"]),
-                                            ("estimated n_y", report["levels"]["n_y"]),
-                                            ("refinement forwards", report["moves"])], strict=True):
-            ax.bar(hist["value"], hist["count"], width=1.0)
-            ax.set_xlabel(label)
-            ax.set_ylabel("count")
-        out.append(_save(fig, folder / "levels.png"))
-    return out
+def report_figures(report: dict[str, Any], folder: Path, u: Units | None = None) -> list[Path]:
+    """Write `report_figure_set` into `folder`."""
+    return write_figures({folder / name: fig for name, fig in report_figure_set(report, u).items()})
 
 
 def plot_command(kind: str, store: Path, output: Path, reference: Path | None = None) -> list[Path]:
-    """What `sns-engine plot` does: spectrum or snapshots of a store, or `all` evaluation figures."""
+    """What `sns-engine plot` does: spectrum or snapshots of a store, or `all` evaluation figures
+    into the folder `output`. Inputs are checked and every figure is built before any is written."""
     data = TrajectoryStore(store)
     ref = TrajectoryStore(reference) if reference else None
+    if ref is not None:
+        check_reference(data, ref)
     if kind == "spectrum":
-        return [spectrum(data, output, ref)]
+        return [_save(spectrum_figure(data, ref), output)]
     if kind == "snapshots":
-        return [snapshots(data, output)]
+        return [_save(snapshot_figure(data), output)]
     if ref is None:
         raise ValueError("plot all needs --reference (the solver store to compare with)")
-    return [snapshots(data, output / "snapshots.png"),
-            *report_figures(evaluate(store, reference), output)]
+    figures = {output / "snapshots.png": snapshot_figure(data)}
+    for name, fig in report_figure_set(evaluate(store, reference), store_units(data)).items():
+        figures[output / name] = fig
+    return write_figures(figures)
 
 
 def calibration(result: dict[str, Any], out: Path) -> Path:
@@ -182,3 +377,4 @@ def calibration(result: dict[str, Any], out: Path) -> Path:
     b.set_title("estimates on the emulator's own proposals")
     b.legend(fontsize=8)
     return _save(fig, out)
+

@@ -63,7 +63,7 @@ class FrameWindows(Dataset):
             data[row] = store.fields[i]
             if not np.isfinite(data[row]).all():
                 raise StoreError(f"{store.path} holds NaN/Inf (an unfinished generation?); "
-                                 "rerun the `sns-engine data` command to complete it")
+                                 "rerun the same data generation to complete it")
             if std is not None:
                 data[row] /= std
         self.data = torch.from_numpy(data)

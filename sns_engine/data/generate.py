@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from sns_engine.data.store import StoreSpec, TrajectoryStore
-
-if TYPE_CHECKING:
-    from sns_engine.systems import System
+from sns_engine.data.store import StoreError, StoreSpec, TrajectoryStore
+from sns_engine.systems import SolverDivergedError, System, check_finite
 
 
 def store_spec(system: System, trajectories: int, snapshots: int, seed: int = 0,
@@ -35,15 +32,32 @@ def generate(system: System, out: str | Path, trajectories: int, snapshots: int,
     Trajectories run in blocks of `trajectory_batch` (batched in the solver); each block appends
     `time_chunk` snapshots at a time and saves its solver state, so memory stays bounded and a
     rerun after a kill continues where the last finished chunk left off. Rerunning a finished
-    generation does nothing.
+    generation does nothing. If the solver diverges (NaN/Inf), nothing of the diverged chunk is
+    written, the store is marked failed (readers refuse it) and a StoreError says what to do.
     """
     spec = store_spec(system, trajectories, snapshots, seed, trajectory_batch, time_chunk)
     store = TrajectoryStore.create(out, spec, overwrite=overwrite)
     if store.complete and "normalisation" in store.root.attrs:
         return store
-    seeds = store.root["seed"][:]
     bar = tqdm(total=spec.trajectories * spec.snapshots, disable=quiet, unit="snap",
                desc=f"{spec.system}/{spec.preset}")
+    try:
+        _run_blocks(system, store, bar)
+    except SolverDivergedError as err:
+        store.root.attrs["failed"] = str(err)
+        raise StoreError(f"{err}; {store.path} is left incomplete and marked failed (training refuses "
+                         "it): rerun with other settings and --overwrite to replace it, or delete "
+                         "it") from err
+    finally:
+        bar.close()
+    store.finalise()
+    return store
+
+
+def _run_blocks(system: System, store: TrajectoryStore, bar: tqdm) -> None:
+    """Advance every unfinished block to the end, one time chunk (data, then state) at a time."""
+    spec = store.spec
+    seeds = store.root["seed"][:]
     for block in range(spec.blocks):
         members = spec.block_members(block)
         done = store.progress(block)
@@ -59,10 +73,9 @@ def generate(system: System, out: str | Path, trajectories: int, snapshots: int,
         while done < spec.snapshots:
             count = min(spec.time_chunk, spec.snapshots - done)
             state, snaps = system.advance(state, count)
+            check_finite(spec.system, snaps, "lower dt or change the parameters",
+                         first=members.start)
             store.write(block, done, snaps)
             done += count
             store.save_state(block, done, system.state_to_arrays(state))
             bar.update(count * len(members))
-    bar.close()
-    store.finalise()
-    return store

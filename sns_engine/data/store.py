@@ -10,6 +10,10 @@ Layout of a store (zarr format 3, opens in xarray):
     solver_state/b{block}/t{time}/...   the solver state after `time` snapshots (to resume)
     attrs["sns_engine"]   identity (system, preset, every parameter, sizes, seed, version)
     attrs["normalisation"]  per-channel mean and std, written when the store is complete
+    attrs["failed"]       why the generation stopped (solver divergence), until a rerun finishes it
+
+Readers refuse a store without normalisation (`check_complete`). Overwriting deletes only what
+sns_engine made (`remove_ours`): never a plain directory, a file or another program's Zarr group.
 
 Crash safety: a new store is built in a scratch folder and renamed into place, so the path holds
 either nothing or a whole empty store. Then for each chunk the order is data → solver state →
@@ -20,6 +24,7 @@ from there.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +42,49 @@ FIELDS_DIMS = ("trajectory", "time", "channel", "y", "x")
 
 class StoreError(ValueError):
     """A path is not a usable store, or a store does not match what was asked of it."""
+
+
+def foreign(path: str | Path) -> str | None:
+    """Why the existing `path` is not something sns_engine made, or None when it is: a store
+    (zarr.json with the 'sns_engine' attribute) or the `<name>.creating` scratch folder of one
+    being built (empty, or a Zarr group)."""
+    path = Path(path)
+    if path.is_symlink():
+        return "a link"
+    if not path.is_dir():
+        return "a file"
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    group = isinstance(meta, dict) and meta.get("node_type") == "group"
+    if group and "sns_engine" in (meta.get("attributes") or {}):
+        return None
+    if path.name.endswith(".creating") and (group or not any(path.iterdir())):
+        return None
+    return "a Zarr group of another program" if group else "a plain directory"
+
+
+def refusal(path: str | Path, reason: str) -> StoreError:
+    """The error for a `path` that sns_engine will neither delete nor write into."""
+    return StoreError(f"{path} is {reason}, not a sns_engine store, so it will not be deleted or "
+                      "written into; choose another out=")
+
+
+def remove_ours(*paths: str | Path) -> None:
+    """Delete the existing `paths` (for --overwrite, or a stale scratch folder) after checking them
+    all: each must be made by sns_engine (`foreign`) and be neither the working directory, one above
+    it, nor the home directory. Otherwise nothing is deleted and the first refused path is named."""
+    here = Path.cwd().resolve()
+    existing = [Path(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    for path in existing:
+        target = path.resolve()
+        reason = ("the working directory or one above it" if target == here or target in here.parents
+                  else "the home directory" if target == Path.home().resolve() else foreign(path))
+        if reason is not None:
+            raise refusal(path, reason)
+    for path in existing:
+        shutil.rmtree(path)
 
 
 @dataclass(frozen=True)
@@ -95,7 +143,7 @@ class TrajectoryStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"{self.path} is not a sns_engine store (no zarr.json); "
-                             "create one with `sns-engine data ...`")
+                             "generate one first")
         self.root = zarr.open_group(str(self.path), mode=mode)
         attrs = self.root.attrs.get("sns_engine")
         if attrs is None or "fields" not in self.root:
@@ -113,24 +161,25 @@ class TrajectoryStore:
                extend: Callable[[zarr.Group], None] | None = None) -> TrajectoryStore:
         """Create an empty store for `spec`, or reopen a matching one to resume.
 
-        An existing store made with a different spec, or a path that is not a store, is an error
-        unless `overwrite` is set; nothing is deleted without it. A new store is built in a scratch
-        folder (`extend` may add arrays and attributes to it) and renamed into place, so `path`
-        never holds a half-made store, whenever the process is killed.
+        An existing store made with a different spec is an error unless `overwrite` is set; a path
+        that is not a sns_engine store is always refused and never deleted (`remove_ours`). A new
+        store is built in a scratch folder (`extend` may add arrays and attributes to it) and
+        renamed into place, so `path` never holds a half-made store, whenever the process is killed.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
+        exists = path.exists() or path.is_symlink()
+        if exists and not overwrite:
+            reason = foreign(path)
+            if reason is not None:
+                raise refusal(path, reason)
             existing = cls(path, mode="r+")
             _check_same_spec(path, existing.spec, spec)
             return existing
-        building = path.with_name(path.name + ".creating")
-        if building.exists():
-            shutil.rmtree(building)  # left by a run killed while creating
+        building = path.parent / f"{path.name}.creating"
+        remove_ours(path, building)  # the store to overwrite; a scratch folder of a killed run
         root = cls._build(building, spec)
         if extend is not None:
             extend(root)
-        if path.exists():
-            shutil.rmtree(path)
         building.rename(path)
         return cls(path, mode="r+")
 
@@ -162,6 +211,19 @@ class TrajectoryStore:
     @property
     def complete(self) -> bool:
         return bool(np.all(self.root["progress"][:] == self.spec.snapshots))
+
+    def check_complete(self) -> None:
+        """Refuse (StoreError) a store whose generation has not finished, saying how to go on."""
+        if "normalisation" in self.root.attrs:
+            return
+        spec = self.spec
+        done = sum(max(self.progress(b), 0) * len(spec.block_members(b)) for b in range(spec.blocks))
+        where = f"{self.path} is incomplete ({done} of {spec.trajectories * spec.snapshots} snapshots)"
+        failed = self.root.attrs.get("failed")
+        if failed is not None:
+            raise StoreError(f"{where}: its generation failed ({failed}); generate it again with "
+                             "other settings and overwrite=True, or delete it")
+        raise StoreError(f"{where}; rerun the same data generation to finish it")
 
     def save_state(self, block: int, done: int, arrays: dict[str, np.ndarray]) -> None:
         """Persist the solver state after `done` snapshots of `block`, then mark progress."""
@@ -200,21 +262,20 @@ class TrajectoryStore:
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
         self.root.attrs["normalisation"] = {"mean": mean.tolist(), "std": std.tolist()}
+        if "failed" in self.root.attrs:
+            del self.root.attrs["failed"]
         if "solver_state" in self.root:
             del self.root["solver_state"]
 
     @property
     def normalisation(self) -> dict[str, list[float]]:
-        norm = self.root.attrs.get("normalisation")
-        if norm is None:
-            raise StoreError(f"{self.path} is not complete (no normalisation yet); "
-                             "rerun the same `sns-engine data` command to finish it")
-        return norm
+        self.check_complete()
+        return self.root.attrs["normalisation"]
 
 
 def _check_same_spec(path: Path, old: StoreSpec, new: StoreSpec) -> None:
     for key in old.__dataclass_fields__:
         a, b = getattr(old, key), getattr(new, key)
         if a != b:
-            raise StoreError(f"{path} exists with a different {key} ({a!r}, asked {b!r}); "
-                             "pass --overwrite to replace it or choose another --out")
+            raise StoreError(f"{path} was made with {key}={a!r}, not {b!r}; pass overwrite=True "
+                             "to replace it or choose another out=")

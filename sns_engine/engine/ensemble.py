@@ -8,11 +8,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from sns_engine.bundle import Bundle, load_bundle
-from sns_engine.config import RolloutConfig
+from sns_engine.config import ConfigError, RolloutConfig, check_device, check_type, document
+from sns_engine.data.store import TrajectoryStore, trajectory_seed
 from sns_engine.diffusion.paths import get_path
 from sns_engine.engine import writer as ensemble_writer
 from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
@@ -21,6 +23,8 @@ from sns_engine.engine.rollout import Engine, RolloutResult, drive
 from sns_engine.ops.dispatch import resolve_backend
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "default_bundle"
+PERTURB = 1e-3  # default relative RMS amplitude of the perturbation of cycled initial states
+SMOOTH_MODES = 8  # the perturbation holds Fourier modes 0 < |k| ≤ this (in grid wavenumbers)
 
 
 def with_activation(cfg: RolloutConfig, bundle: Bundle) -> RolloutConfig:
@@ -39,61 +43,149 @@ def describe_activation(cfg: RolloutConfig) -> str:
     return f"refining members with {head} ≥ {cfg.threshold}"
 
 
-def initial_conditions(bundle: Bundle, batch: int, initial: torch.Tensor | None,
-                       members: torch.Tensor) -> torch.Tensor:
-    """Normalised initial states (B, C, H, W): given ones (physical units), or the bundle's shipped
-    snapshots, member i starting from snapshot i mod K."""
+def perturbation(initial: torch.Tensor | str | Path | None, perturb: float | None) -> float:
+    """The relative perturbation amplitude a rollout uses: `perturb`, or by default PERTURB for
+    cycled states (the bundle's or a store's) and 0 for states given one per member."""
+    if perturb is None:
+        given = initial is not None and not isinstance(initial, (str, os.PathLike))
+        return 0.0 if given else PERTURB
+    if not 0 <= perturb < float("inf"):
+        raise ValueError(f"perturb must be a finite amplitude ≥ 0, got {perturb!r}")
+    return float(perturb)
+
+
+def smooth_noise(seed: int, members: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Random smooth fields (B, C, H, W), zero mean and unit RMS per channel: white noise from a
+    generator keyed by (seed, member id) alone, low-passed to 0 < |k| ≤ SMOOTH_MODES."""
+    white = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+        trajectory_seed(seed % 2**64, int(m)))) for m in members])
+    ky = torch.fft.fftfreq(shape[1], 1 / shape[1])[:, None]
+    kx = torch.fft.rfftfreq(shape[2], 1 / shape[2])[None, :]
+    keep = ((ky**2 + kx**2 <= SMOOTH_MODES**2) & (ky**2 + kx**2 > 0)).to(torch.complex64)
+    field = torch.fft.irfft2(torch.fft.rfft2(white) * keep, s=shape[1:])
+    return field / field.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
+
+
+def initial_conditions(bundle: Bundle, batch: int, initial: torch.Tensor | str | Path | None,
+                       members: torch.Tensor, seed: int = 0,
+                       perturb: float | None = None) -> torch.Tensor:
+    """Normalised initial states (B, C, H, W) of the members with ids `members`.
+
+    `initial` is one state per member (physical units), a solver or ensemble store path whose
+    trajectories' last snapshots member i cycles through (i mod K), or None for the bundle's K
+    shipped snapshots (i mod K). Every member then gets its state plus `perturbation(initial,
+    perturb)` × its per-channel std × `smooth_noise` keyed by (seed, member id), so cycled members
+    are distinct, and a member's start depends on neither the batch nor the sharding."""
     c, g = bundle.system["channels"], bundle.system["grid"]
-    if initial is not None:
-        initial = torch.as_tensor(initial, dtype=torch.float32)
+    amplitude = perturbation(initial, perturb)
+    if isinstance(initial, (str, os.PathLike)):
+        store = TrajectoryStore(initial)
+        store.check_complete()
+        last = torch.from_numpy(np.asarray(store.fields[:, -1]))
+        if tuple(last.shape[1:]) != (c, g, g):
+            raise ValueError(f"initial store {initial} holds {tuple(last.shape[1:])} fields; this "
+                             f"bundle needs ({c}, {g}, {g})")
+        x0 = last[members % last.shape[0]] / bundle.scale
+    elif initial is not None:
+        initial = torch.as_tensor(initial, dtype=torch.float32).cpu()
         if initial.ndim != 4 or tuple(initial.shape[1:]) != (c, g, g) or initial.shape[0] != batch:
             raise ValueError(f"initial must have shape ({batch}, {c}, {g}, {g}) for this bundle, got "
                              f"{tuple(initial.shape)}")
-        if not torch.isfinite(initial).all():
-            raise ValueError("initial holds NaN/Inf values; pass finite states")
-        return initial / bundle.scale
-    if bundle.initial is None:
+        x0 = initial / bundle.scale
+    elif bundle.initial is None:
         raise ValueError(f"bundle {bundle.path} ships no initial conditions; pass initial=...")
-    return bundle.initial.cpu()[members % bundle.initial.shape[0]]
+    else:
+        x0 = bundle.initial.cpu()[members % bundle.initial.shape[0]]
+    if not torch.isfinite(x0).all():
+        raise ValueError("initial holds NaN/Inf values; pass finite states")
+    if amplitude == 0:
+        return x0
+    std = x0.std(dim=(-2, -1), keepdim=True)
+    return x0 + amplitude * std * smooth_noise(seed, members, (c, g, g))
 
 
+@document(RolloutConfig)
 def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps: int = 10,
-            path: str = "left_down", initial: torch.Tensor | None = None, save_every: int = 1,
-            out: str | Path | None = None, device: str | None = None, seed: int = 0,
+            path: str = RolloutConfig.path, initial: torch.Tensor | str | Path | None = None,
+            perturb: float | None = None, save_every: int = RolloutConfig.save_every,
+            out: str | Path | None = None, device: str | torch.device | None = None,
+            seed: int = RolloutConfig.seed, threshold: int | None = RolloutConfig.threshold,
+            threshold_heads: str | None = RolloutConfig.threshold_heads,
+            renoise: bool = RolloutConfig.renoise, bound: float = RolloutConfig.bound,
+            noise_limit: int = RolloutConfig.noise_limit,
+            thermalizer_start: int = RolloutConfig.thermalizer_start,
+            thermalizer_stop: int = RolloutConfig.thermalizer_stop,
             engine: str = "engine", backend: str = "auto", graphs: bool = True, bf16: bool = False,
             resume: bool = False, overwrite: bool = False, checkpoint_every: int | None = None,
-            member_offset: int = 0, quiet: bool = True, **settings) -> RolloutResult:
+            member_offset: int = 0, quiet: bool = False) -> RolloutResult:
     """Roll out an ensemble of `batch` members for `steps` physical steps along `path`.
 
-    `bundle=None` uses the embedded default (small Kolmogorov 64² emulator + refiner). `settings`
-    are further RolloutConfig fields (threshold, renoise, bound, thermalizer_start, ...). With
-    `out` the states stream into a Zarr ensemble store (resumable with `resume=True`); without it
-    they are returned in memory. `engine="reference"` runs the per-member oracle instead.
-    `member_offset` numbers the members from there (their noise is keyed by that id).
-    `checkpoint_every` (steps between resume points, a multiple of `save_every`) defaults to the
-    first multiple of `save_every` at or above 50.
+    With `out` the states stream into a Zarr ensemble store (resumable); without it they are
+    returned in memory (`RolloutResult.states`, physical units). Every argument is checked before
+    any work starts: a bad one raises a ValueError naming it (ConfigError, also a TypeError for a
+    wrong type). A progress bar shows unless `quiet=True`.
+
+    bundle: bundle directory or a loaded Bundle; None for the embedded default (small Kolmogorov
+        64² emulator and refiner) (default None)
+    batch: ensemble members (default 8)
+    path: traversal path in the (n_x, n_y) plane (sns_engine.diffusion.paths): left_down (SNS
+        path A), fix_short (SNS, y held at its level), down_left, diagonal, gencast (clean y),
+        acdm (ACDM), generate, thermalizer (Thermalizer) or emulator (no refinement)
+        (default 'left_down')
+    initial: initial states: one per member (batch, C, H, W) in physical units, a store path whose
+        trajectories' last snapshots the members cycle through, or None for the bundle's shipped
+        snapshots, cycled (default None)
+    perturb: relative RMS amplitude of the smooth perturbation of each member's initial state,
+        keyed by (seed, member id), so no two members start alike; by default PERTURB (1e-3) on
+        cycled states and 0 on given ones (default None)
+    out: ensemble store (*.zarr) to stream the states into; None keeps them in memory (default None)
+    device: "cpu", "cuda" or "cuda:N"; by default cuda:LOCAL_RANK when CUDA is available, else
+        cpu (default None)
+    engine: "engine" (packed, batched) or "reference" (the per-member oracle; in memory only)
+        (default 'engine')
+    backend: fused-op implementation: "auto", "torch", "triton" or "cuda"; auto takes the CUDA
+        extension if built, else Triton on a GPU, else torch (default 'auto')
+    graphs: replay the network calls as CUDA graphs (CUDA only) (default True)
+    bf16: bfloat16 network forwards (default False)
+    resume: continue the rollout in `out` from its last checkpoint (default False)
+    overwrite: replace the ensemble store at `out` (default False)
+    checkpoint_every: physical steps between resume checkpoints, a multiple of `save_every`; by
+        default the first multiple at or above 50 (default None)
+    member_offset: id of the first member; a member's noise is keyed by its id (default 0)
+    quiet: no progress bar (default False)
+    Rollout settings:
     """
+    check_type("batch", batch, int)
+    check_type("member_offset", member_offset, int)
     if batch <= 0:
-        raise ValueError(f"batch must be positive, got {batch}")
+        raise ConfigError(f"batch must be positive, got {batch}")
     if engine not in ("engine", "reference"):
-        raise ValueError(f"engine must be 'engine' or 'reference', got {engine!r}")
-    cfg = RolloutConfig(path=path, steps=steps, seed=seed, save_every=save_every, **settings)
+        raise ConfigError(f"engine must be 'engine' or 'reference', got {engine!r}")
+    for name, value in (("resume", resume), ("overwrite", overwrite), ("checkpoint_every", checkpoint_every)):
+        if out is None and value not in (None, False):
+            raise ConfigError(f"{name}={value!r} applies to a store; pass out= too, or drop {name}=")
+    if engine == "reference" and out is not None:
+        raise ConfigError("engine='reference' keeps results in memory; drop out=")
+    cfg = RolloutConfig(**{k: v for k, v in locals().items() if k in RolloutConfig.__dataclass_fields__})
     if checkpoint_every is None:
         checkpoint_every = save_every * -(-50 // save_every)
-    if checkpoint_every % save_every:
-        raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of save_every "
-                         f"({save_every}) so a resumed run continues on a saved step")
-    get_path(path)
+    check_type("checkpoint_every", checkpoint_every, int)
+    if checkpoint_every <= 0 or checkpoint_every % save_every:
+        raise ConfigError(f"checkpoint_every={checkpoint_every} must be a positive multiple of "
+                          f"save_every={save_every}, so a resumed run continues on a saved step")
+    check_device(device)
     shard = Shard.from_env(batch)
     if device is None:
         device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    backend = resolve_backend(backend, device)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
     cfg = with_activation(cfg, bundle)
     if not quiet and get_path(path).model == "refiner":
         print(f"sns_engine: path {path}, {describe_activation(cfg)}", file=sys.stderr)
-    backend = resolve_backend(backend, device)
+    if out is None:
+        _check_memory(batch, steps // save_every, bundle.system)
     if backend != "torch":  # fused Triton conv blocks in every U-Net (weights unchanged)
         for model_ in bundle.models.values():
             model_.unet.set_backend("triton")
@@ -106,11 +198,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         denoiser = thermalizer_denoiser(bundle.model("thermalizer"))
     everyone = torch.arange(member_offset, member_offset + batch)
     members = everyone[shard.rows]
-    x0 = initial_conditions(bundle, batch, initial, everyone)[shard.rows].to(device)
+    x0 = initial_conditions(bundle, batch, initial, everyone, seed, perturb)[shard.rows].to(device)
 
     if engine == "reference":
-        if out is not None:
-            raise ValueError("engine='reference' keeps results in memory; drop out=")
         record = reference_rollout(emulator, denoiser, bundle.schedule, x0, cfg,
                                    CounterNoise(seed), members.to(device))
         scale = bundle.scale.to(record.states.device)
@@ -130,7 +220,8 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     def open_store(may_exist: bool):
         return ensemble_writer.create_ensemble_store(
             out, bundle.system, bundle.normalisation, cfg, batch, time_chunk=16, resume=may_exist,
-            overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk)
+            overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk,
+            perturb=perturbation(initial, perturb))
 
     store = open_store(resume) if shard.rank == 0 else None
     shard.barrier()  # rank 0 has created (or checked) the store
@@ -148,6 +239,17 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),
                          torch.from_numpy(root["levels"][shard.rows]).long(),
                          torch.from_numpy(root["moves"][shard.rows]).long(), eng.stats)
+
+
+def _check_memory(batch: int, saves: int, system: dict) -> None:
+    """Refuse an in-memory result larger than this machine's memory: `batch` × `saves` float32
+    states of the `system`'s shape, held twice while they are stacked."""
+    need = 2 * 4 * batch * saves * system["channels"] * system["grid"] ** 2
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else need
+    if need > have:
+        raise ConfigError(f"the in-memory result needs about {need / 1e9:.1f} GB ({batch} members × "
+                          f"{saves} saved states, twice while stacked), more than this machine's "
+                          f"{have / 1e9:.1f} GB; pass out= to stream the states to a Zarr store")
 
 
 @dataclass(frozen=True)

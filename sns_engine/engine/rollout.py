@@ -271,22 +271,21 @@ def drive(engine: Engine, steps: int, save_every: int, writer=None, checkpoint=N
     from tqdm.auto import tqdm
 
     states, levels, moves = [], [], []
-    bar = tqdm(total=steps, initial=engine.next_step, disable=quiet, unit="step", desc="rollout")
-    while engine.next_step < steps:
-        lv, mv = engine.step()
-        save = engine.next_step % save_every == 0
-        with profiling.range("write"):
-            if writer is not None:
-                writer.put(engine.x if save else None, lv, mv)
-            else:
-                levels.append(lv.cpu())
-                moves.append(mv.cpu())
-                if save:
-                    states.append(engine.x.cpu().clone())
-            if checkpoint is not None and checkpoint_every and (
-                    engine.next_step % checkpoint_every == 0 or engine.next_step == steps):
-                writer.flush(engine.flags, engine.flagged_at)
-                checkpoint(engine.next_step)
-        bar.update(1)
-    bar.close()
+    with tqdm(total=steps, initial=engine.next_step, disable=quiet, unit="step", desc="rollout") as bar:
+        while engine.next_step < steps:
+            lv, mv = engine.step()
+            save = engine.next_step % save_every == 0
+            with profiling.range("write"):
+                if writer is not None:
+                    writer.put(engine.x if save else None, lv, mv)
+                else:
+                    levels.append(lv.cpu())
+                    moves.append(mv.cpu())
+                    if save:
+                        states.append(engine.x.cpu().clone())
+                if checkpoint is not None and checkpoint_every and (
+                        engine.next_step % checkpoint_every == 0 or engine.next_step == steps):
+                    writer.flush(engine.flags, engine.flagged_at)
+                    checkpoint(engine.next_step)
+            bar.update(1)
     return states, levels, moves

@@ -8,6 +8,8 @@ members, in physical units, with extra per-step arrays:
     flags       (trajectory,) int32           divergence flags (engine.reference)
     flagged_at  (trajectory,) int64           physical step of the flag, −1 if none
     engine.safetensors + attrs["engine"]      the resume checkpoint (states, flags, next step)
+    attrs["rollout"]                          the RolloutConfig, plus "perturb": the relative
+                                              amplitude of the initial-state perturbation
 
 The rollout loop hands over device tensors; they are copied into pinned host buffers (on CUDA)
 and written by one background thread, `time_chunk` saves per chunk write, so the GPU never waits
@@ -27,18 +29,20 @@ import zarr
 from safetensors.torch import load_file, save_file
 
 from sns_engine.config import to_dict
-from sns_engine.data.store import StoreSpec, TrajectoryStore
+from sns_engine.data.store import StoreSpec, TrajectoryStore, foreign
 
 CHECKPOINT = "engine.safetensors"  # engine-r{rank}.safetensors for rank > 0 of a sharded run
 
 
 def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation: dict[str, Any],
                           cfg, members: int, time_chunk: int, resume: bool, overwrite: bool,
-                          member_chunk: int | None = None) -> TrajectoryStore:
+                          member_chunk: int | None = None, perturb: float = 0.0) -> TrajectoryStore:
     """The ensemble store for `members` members of `cfg` (a RolloutConfig); reopened to resume.
 
     Per-member arrays are chunked by `member_chunk` members (default: all), so ranks that own
-    disjoint, chunk-aligned member ranges never write the same chunk."""
+    disjoint, chunk-aligned member ranges never write the same chunk. `perturb` (the initial
+    states' perturbation amplitude) is recorded with `cfg`. Only a sns_engine store is ever
+    replaced or continued (TrajectoryStore.create refuses anything else)."""
     member_chunk = member_chunk or members
     spec = StoreSpec(
         system=system["name"], preset=system["preset"], params=system["params"],
@@ -48,9 +52,10 @@ def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation
         snapshots=cfg.steps // cfg.save_every, seed=cfg.seed, trajectory_batch=members,
         time_chunk=min(time_chunk, max(cfg.steps // cfg.save_every, 1)))
     out = Path(out)
-    if out.exists() and not resume and not overwrite:
-        raise FileExistsError(f"{out} exists; pass resume=True (--resume) to continue it or "
-                              "overwrite=True (--overwrite) to replace it")
+    record = {**to_dict(cfg), "perturb": perturb}
+    if out.exists() and not resume and not overwrite and foreign(out) is None:
+        raise FileExistsError(f"{out} exists; pass resume=True to continue it or overwrite=True "
+                              "to replace it")
 
     def add_rollout_arrays(root: zarr.Group) -> None:
         root.create_array("levels", shape=(members, cfg.steps, 2), chunks=(member_chunk, time_chunk, 2),
@@ -62,14 +67,17 @@ def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation
         root.create_array("flagged_at", shape=(members,), chunks=(member_chunk,), dtype="int64",
                           fill_value=-1, dimension_names=("trajectory",))
         root.attrs["normalisation"] = normalisation
-        root.attrs["rollout"] = to_dict(cfg)
+        root.attrs["rollout"] = record
 
     store = TrajectoryStore.create(out, spec, overwrite=overwrite and not resume,
                                    extend=add_rollout_arrays)
     stored = store.root.attrs.get("rollout")
-    if stored != to_dict(cfg):
-        raise FileExistsError(f"{out} holds a rollout with other settings ({stored}); "
-                              "use another --out or --overwrite")
+    if stored != record:
+        key = next(k for k in sorted({*record, *(stored or {})})
+                   if (stored or {}).get(k) != record.get(k))
+        raise FileExistsError(f"{out} holds a rollout with {key}={(stored or {}).get(key)!r} (asked "
+                              f"{key}={record.get(key)!r}); pass overwrite=True to replace it or "
+                              "choose another out=")
     return store
 
 

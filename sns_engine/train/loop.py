@@ -183,6 +183,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
 
     Several models go into one bundle (run once per kind). With `resume` a killed run continues
     from its last checkpoint; without it an already trained model is refused unless `overwrite`.
+    Nothing is written before the first checkpoint, so a run that fails earlier leaves no bundle;
+    a later failure leaves the checkpoint and a model entry that `load_bundle` reports unfinished
+    until `--resume` completes it.
     """
     out = Path(out)
     rank, world = _rank_world()
@@ -196,18 +199,18 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
 
     store = TrajectoryStore(data)
+    store.check_complete()
     system = store_system(store)
     schedule = CosineSchedule(cfg.num_levels)
     config = read_config(out) or new_config(system, store.normalisation, schedule)
     check_compatible(config, system, str(data))
-    if rank == 0 and INITIAL not in config:
-        save_initial(out, config, initial_snapshots(store))
     tensors_file, record_file = _checkpoint_paths(out, cfg.model)
     if resume and not record_file.exists():
         raise TrainingError(f"nothing to resume: {record_file} does not exist; drop --resume")
     if not resume and (cfg.model in config["models"] or record_file.exists()) and not overwrite:
         raise TrainingError(f"{out} already has a {cfg.model}; pass --resume to continue its "
                             "training or --overwrite to train it anew")
+    initial = initial_snapshots(store) if rank == 0 and INITIAL not in config else None
 
     task = TASKS[cfg.model]
     unet_cfg = model_unet_config(cfg.model, cfg.preset, store.spec.channels, store.spec.grid,
@@ -263,6 +266,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
             history.append({"step": trainer.step, "train_loss": loss.item(), **parts,
                             "val_loss": validate(trainer, run_loss, val_set)})
         if rank == 0 and (trainer.step % cfg.checkpoint_every == 0 or last):
+            if initial is not None:  # the bundle appears with the first checkpoint, not before
+                save_initial(out, config, initial)
+                initial = None
             # model first: a kill in between leaves a newer model and an older checkpoint,
             # from which a resumed run simply redoes the last few steps
             save_model(out, config, cfg.model, unet_cfg, trainer.ema.state_dict(),

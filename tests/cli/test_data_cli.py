@@ -105,3 +105,52 @@ def test_plot_spectrum_writes_png(tiny_kolmogorov, tmp_path):
     out = tmp_path / "spectrum.png"
     cli("plot", "spectrum", tiny_kolmogorov, "-o", out, "--quiet")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def run_main(capsys, *args) -> str:
+    """`sns-engine ARGS` in this process, expected to fail; returns its one-line error."""
+    from sns_engine.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_data_overwrite_refuses_a_plain_directory_and_the_parent(tmp_path, monkeypatch, capsys):
+    plain = tmp_path / "mine"
+    plain.mkdir()
+    (plain / "experiment.csv").write_text("1,2,3")
+    tiny = ["data", "kolmogorov", "--trajectories", 1, "--snapshots", 2, *TINY_K, "--quiet"]
+    for extra in (["--overwrite"], []):
+        err = run_main(capsys, *tiny, "--out", plain, *extra)
+        assert f"{plain} is a plain directory, not a sns_engine store, so it will not be deleted" in err
+        assert "another --out" in err and "--overwrite" not in err
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    err = run_main(capsys, *tiny, "--out", "..", "--overwrite")
+    assert ".. is the working directory or one above it" in err and "will not be deleted" in err
+    assert (plain / "experiment.csv").read_text() == "1,2,3" and work.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "work"]
+
+
+def test_data_overwrite_replaces_its_own_store(tmp_path):
+    from sns_engine.cli import main
+
+    out = tmp_path / "k.zarr"
+    tiny = ["data", "kolmogorov", "--trajectories", "1", "--out", str(out), "--set", "solver_grid=16",
+            "--set", "output_grid=16", "--set", "spinup_steps=10", "--quiet"]
+    main([*tiny, "--snapshots", "2"])
+    main([*tiny, "--snapshots", "3", "--overwrite"])
+    assert TrajectoryStore(out).fields.shape == (1, 3, 1, 16, 16)
+
+
+def test_diverged_data_run_leaves_a_store_that_readers_refuse(tmp_path, capsys):
+    bad = tmp_path / "bad.zarr"
+    err = run_main(capsys, "data", "kolmogorov", "--trajectories", 1, "--snapshots", 5, "--out", bad,
+                   *TINY_K, "--set", "dt=5.0", "--quiet")
+    assert "diverged" in err and f"{bad} is left incomplete" in err and "--overwrite" in err
+    err = run_main(capsys, "train", "emulator", "--data", bad, "--out", tmp_path / "bundle", "--quiet")
+    assert f"{bad} is incomplete" in err and "generation failed" in err
+    assert not (tmp_path / "bundle").exists()

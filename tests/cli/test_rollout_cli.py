@@ -102,9 +102,11 @@ def test_two_rank_sharded_rollout_equals_single_process(tiny_bundle, tmp_path):
     args = ["rollout", "--bundle", tiny_bundle, "--batch", 4, "--steps", 5, "--quiet"]
     single, sharded = tmp_path / "single.zarr", tmp_path / "sharded.zarr"
     cli(*args, "--out", single)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29541", "-m", "sns_engine.cli", *map(str, args), "--out", str(sharded)],
-                   env=ENV, check=True, capture_output=True)
+    # --standalone: the rendezvous takes a free port (a fixed one collides with parallel runs)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "sns_engine.cli", *map(str, args), "--out",
+                          str(sharded)], env=ENV, capture_output=True, text=True)
+    assert run.returncode == 0, f"torchrun failed:\n{run.stdout}\n{run.stderr}"
     a, b = TrajectoryStore(single), TrajectoryStore(sharded)
     np.testing.assert_allclose(b.fields[:], a.fields[:], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(b.root["levels"][:], a.root["levels"][:])

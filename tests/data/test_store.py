@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import zarr
 
 from sns_engine.data import (
     FrameWindows,
@@ -18,6 +19,7 @@ from sns_engine.data import (
     windows,
 )
 from sns_engine.data.datasets import memory_budget
+from sns_engine.data.store import remove_ours
 
 
 @dataclass(frozen=True)
@@ -169,3 +171,92 @@ def test_in_memory_budget_is_checked_before_loading(tmp_path):
     with pytest.raises(MemoryError, match="0.0 GiB of frames exceed the 0.0 GiB in-memory budget"):
         FrameWindows(store, (0, 1), max_bytes=17_919)
     assert memory_budget() > 1 << 30  # half of physical memory, on any machine that runs this
+
+
+class DivergingSystem(ToySystem):
+    """The toy solver whose snapshots turn NaN from its `nan_at`-th advance on (a blow-up)."""
+
+    def __init__(self, nan_at: int):
+        super().__init__()
+        self.nan_at = nan_at
+
+    def advance(self, state, n):
+        state, snaps = super().advance(state, n)
+        if self.calls >= self.nan_at:
+            snaps[:, -1] = np.nan
+        return state, snaps
+
+
+def test_overwrite_refuses_what_sns_engine_did_not_make(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "thesis.tex").write_text("years of work")
+    foreign_group = tmp_path / "theirs.zarr"
+    zarr.open_group(str(foreign_group), mode="w").attrs["owner"] = "someone else"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    for path in (plain, foreign_group, a_file):
+        for overwrite in (True, False):
+            with pytest.raises(StoreError) as err:
+                make(tmp_path, name=path.name, overwrite=overwrite)
+            message = str(err.value)
+            assert str(path) in message and "not a sns_engine store" in message
+            assert "--overwrite" not in message and "another --out" in message
+    assert (plain / "thesis.tex").read_text() == "years of work" and a_file.read_text() == "keep"
+    assert zarr.open_group(str(foreign_group)).attrs["owner"] == "someone else"
+    assert not list(tmp_path.glob("*.creating"))  # refused before anything was built
+
+
+def test_overwrite_refuses_the_working_directory_and_its_parents(tmp_path, monkeypatch):
+    inside = tmp_path / "project" / "work"
+    inside.mkdir(parents=True)
+    (tmp_path / "project" / "data.csv").write_text("1,2")
+    monkeypatch.chdir(inside)
+    for out in ("..", ".", "../..", str(inside)):
+        with pytest.raises(StoreError, match="working directory or one above it.*will not be deleted"):
+            generate(ToySystem(), out, trajectories=2, snapshots=3, overwrite=True, quiet=True)
+    assert (tmp_path / "project" / "data.csv").read_text() == "1,2" and inside.is_dir()
+
+
+def test_remove_ours_checks_every_path_before_deleting_any(tmp_path):
+    store = make(tmp_path).path
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(StoreError, match="plain is a plain directory, not a sns_engine store"):
+        remove_ours(store, plain)
+    assert TrajectoryStore(store).complete  # the store, checked first, is still there
+    scratch = tmp_path / "x.zarr.creating"
+    zarr.open_group(str(scratch), mode="w")  # a store being built: no attributes yet
+    remove_ours(store, scratch, tmp_path / "absent")
+    assert not store.exists() and not scratch.exists()
+
+
+def test_overwrite_replaces_a_sns_engine_store(tmp_path):
+    make(tmp_path, snapshots=5)
+    replaced = make(tmp_path, snapshots=9, overwrite=True)
+    assert replaced.fields.shape[1] == 9 and replaced.complete
+
+
+def test_diverged_generation_is_marked_failed_and_refused_by_readers(tmp_path):
+    with pytest.raises(StoreError, match=r"diverged.*s\.zarr is left incomplete.*--overwrite.*delete"):
+        make(tmp_path, system=DivergingSystem(nan_at=3))
+    store = TrajectoryStore(tmp_path / "s.zarr")
+    assert not store.complete and "normalisation" not in store.root.attrs
+    assert store.progress(0) == 6 and store.progress(1) == -1  # block 0's third chunk blew up
+    full = make(tmp_path, "full.zarr").fields[:]
+    np.testing.assert_array_equal(store.fields[:2, :6], full[:2, :6])  # what came before is kept
+    for read in (lambda: store.normalisation, lambda: pairs(store), lambda: store.check_complete()):
+        with pytest.raises(StoreError, match=r"is incomplete \(\d+ of 35 snapshots\): its generation "
+                                             "failed .*diverged"):
+            read()
+    # the same settings resume it (here the solver no longer blows up) and clear the mark
+    resumed = make(tmp_path)
+    assert resumed.complete and "failed" not in resumed.root.attrs
+    np.testing.assert_array_equal(resumed.fields[:], full)
+
+
+def test_killed_generation_is_refused_by_readers_until_finished(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path, system=ToySystem(fail_after=4))
+    with pytest.raises(StoreError, match=r"incomplete \(\d+ of 35 snapshots\); rerun the same"):
+        windows(TrajectoryStore(tmp_path / "s.zarr"), 2)

@@ -2,11 +2,15 @@
 
 import pytest
 import torch
+import zarr
 
+from sns_engine.bundle import load_bundle
 from sns_engine.config import RolloutConfig
+from sns_engine.data.store import StoreError, TrajectoryStore
 from sns_engine.diffusion.paths import PATHS
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
+from sns_engine.engine.ensemble import DEFAULT_BUNDLE, PERTURB, initial_conditions, rollout
 from sns_engine.engine.reference import NONFINITE, reference_rollout
 from sns_engine.engine.rollout import Engine, chunked, drive
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
@@ -182,3 +186,76 @@ def test_cpu_chunking_does_not_change_the_rollout():
     _, parts, lp, mp = run_engine(x0, cfg, cpu_chunk=4)
     torch.testing.assert_close(parts, whole, **TOL)
     assert torch.equal(lp, lw) and torch.equal(mp, mw)
+
+
+@pytest.fixture(scope="module")
+def default_bundle():
+    return load_bundle(DEFAULT_BUNDLE)
+
+
+def test_default_ensemble_members_are_pairwise_distinct(default_bundle):
+    r = rollout(default_bundle, batch=64, steps=2, quiet=True)  # 4 members per shipped snapshot
+    last = r.states[:, -1].flatten(1)
+    gaps = torch.cdist(last, last) + torch.diag(torch.full((64,), float("inf")))
+    assert gaps.min() > 0
+
+
+def test_seed_changes_the_ensemble_and_a_member_ignores_the_batch(default_bundle):
+    four, other_seed = (rollout(default_bundle, batch=4, steps=2, seed=s, quiet=True) for s in (0, 123))
+    assert not torch.allclose(four.states, other_seed.states)
+    eight = rollout(default_bundle, batch=8, steps=2, quiet=True)
+    torch.testing.assert_close(eight.states[3], four.states[3], **TOL)
+    shifted = rollout(default_bundle, batch=2, steps=2, member_offset=2, quiet=True)  # members 2 and 3
+    torch.testing.assert_close(shifted.states[1], four.states[3], **TOL)
+
+
+def test_initial_conditions_perturb_cycled_states_only(default_bundle):
+    shipped = default_bundle.initial[torch.arange(32) % 16]
+    x0 = initial_conditions(default_bundle, 32, None, torch.arange(32), seed=5)
+    rms = (x0 - shipped).pow(2).mean(dim=(-2, -1)).sqrt()
+    torch.testing.assert_close(rms / shipped.std(dim=(-2, -1)), torch.full_like(rms, PERTURB), rtol=1e-3,
+                               atol=0)
+    assert not torch.equal(x0[0], x0[16])  # same snapshot, distinct members
+    assert torch.equal(initial_conditions(default_bundle, 32, None, torch.arange(32), perturb=0), shipped)
+    given = shipped[:2] * default_bundle.scale
+    torch.testing.assert_close(initial_conditions(default_bundle, 2, given, torch.arange(2)),
+                               given / default_bundle.scale, rtol=0, atol=0)
+    assert not torch.equal(initial_conditions(default_bundle, 2, given, torch.arange(2), perturb=1e-3),
+                           given / default_bundle.scale)
+    with pytest.raises(ValueError, match="perturb must be a finite amplitude"):
+        initial_conditions(default_bundle, 2, None, torch.arange(2), perturb=-1.0)
+
+
+def test_initial_states_from_a_store_and_the_recorded_amplitude(default_bundle, tmp_path):
+    ens = tmp_path / "ens.zarr"
+    rollout(default_bundle, batch=2, steps=2, out=ens, perturb=2e-3, quiet=True)
+    store = TrajectoryStore(ens)
+    assert store.root.attrs["rollout"]["perturb"] == 2e-3
+    x0 = initial_conditions(default_bundle, 3, ens, torch.arange(3), perturb=0)
+    last = torch.from_numpy(store.fields[[0, 1, 0], -1]) / default_bundle.scale
+    torch.testing.assert_close(x0, last, rtol=0, atol=0)
+
+
+def test_rollout_overwrite_deletes_only_an_ensemble_store(default_bundle, tmp_path, monkeypatch):
+    plain = tmp_path / "results"
+    plain.mkdir()
+    (plain / "paper.pdf").write_text("keep me")
+    theirs = tmp_path / "theirs.zarr"
+    zarr.open_group(str(theirs), mode="w").attrs["owner"] = "someone else"
+    for out in (plain, theirs):
+        for flags in ({"overwrite": True}, {}, {"resume": True}):
+            with pytest.raises(StoreError, match="not a sns_engine store, so it will not be deleted") as err:
+                rollout(default_bundle, batch=2, steps=2, out=out, **flags, quiet=True)
+            assert str(out) in str(err.value) and "--overwrite" not in str(err.value)
+    assert (plain / "paper.pdf").read_text() == "keep me"
+    assert dict(zarr.open_group(str(theirs)).attrs) == {"owner": "someone else"}
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(StoreError, match=r"\.\. is the working directory or one above it"):
+        rollout(default_bundle, batch=2, steps=2, out="..", overwrite=True, quiet=True)
+    assert (plain / "paper.pdf").exists() and work.is_dir()
+    ens = tmp_path / "ens.zarr"
+    first = rollout(default_bundle, batch=2, steps=2, out=ens, quiet=True)
+    again = rollout(default_bundle, batch=2, steps=2, out=ens, seed=1, overwrite=True, quiet=True)
+    assert first.store == again.store and TrajectoryStore(ens).root.attrs["rollout"]["seed"] == 1

@@ -164,9 +164,10 @@ def test_ddp_step_equals_single_process_step(tiny_kolmogorov, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run([sys.executable, str(script), str(tiny_kolmogorov), str(single)], check=True,
                    env=ENV)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29533", str(script), str(tiny_kolmogorov), str(double)],
-                   check=True, env=ENV)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(script), str(tiny_kolmogorov), str(double)],
+                         env=ENV, capture_output=True, text=True)
+    assert ddp.returncode == 0, f"torchrun failed:\n{ddp.stdout}\n{ddp.stderr}"
     from safetensors.torch import load_file
 
     a = load_file(str(single / "train" / "refiner.safetensors"))
@@ -176,3 +177,60 @@ def test_ddp_step_equals_single_process_step(tiny_kolmogorov, tmp_path):
     for key in params:
         # one Adam step moves a weight by up to lr = 1e-3; summation order may move it ~1e-6
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-5)
+
+
+def failing_emulator_loss(monkeypatch, call: int) -> None:
+    """Make the `call`-th emulator loss evaluation (validation at step 0 is the first) raise."""
+    from sns_engine.train import losses
+
+    real, calls = losses.emulator_loss, iter(range(1, 10**6))
+
+    def loss(*args, **kwargs):
+        if next(calls) == call:
+            raise RuntimeError("simulated failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(losses, "emulator_loss", loss)
+
+
+def test_failure_before_the_first_checkpoint_leaves_no_bundle(tiny_kolmogorov, tmp_path, monkeypatch):
+    failing_emulator_loss(monkeypatch, call=3)  # during step 1; the first checkpoint is at step 2
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train(TrainConfig(model="emulator", steps=6, batch_size=4, checkpoint_every=2),
+              tiny_kolmogorov, tmp_path / "b", quiet=True)
+    assert not (tmp_path / "b").exists()
+
+
+def test_failure_mid_training_leaves_an_unfinished_model_that_resume_finishes(tiny_kolmogorov, tmp_path,
+                                                                               monkeypatch):
+    out = tmp_path / "b"
+    cfg = TrainConfig(model="emulator", steps=6, batch_size=4, checkpoint_every=2)
+    with monkeypatch.context() as patch:
+        failing_emulator_loss(patch, call=5)  # during step 3, after the checkpoint of step 2
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            train(cfg, tiny_kolmogorov, out, quiet=True)
+    bundle = load_bundle(out)
+    assert "emulator" not in bundle.models
+    with pytest.raises(BundleError, match=r"model emulator is not finished \(trained 2 of 6 steps\); "
+                                          r"rerun .*resume=True"):
+        bundle.model("emulator")
+    train(cfg, tiny_kolmogorov, out, resume=True, quiet=True)
+    assert load_bundle(out).model("emulator") is not None
+    assert json.loads((out / "train" / "emulator.json").read_text())["step"] == 6
+
+
+def test_incomplete_data_is_refused_before_anything_is_written(tiny_kolmogorov, tmp_path):
+    import shutil
+
+    import zarr
+
+    from sns_engine.data import StoreError
+
+    cut = tmp_path / "cut.zarr"
+    shutil.copytree(tiny_kolmogorov, cut)
+    root = zarr.open_group(str(cut), mode="r+")
+    del root.attrs["normalisation"]
+    root["progress"][0] = 20
+    with pytest.raises(StoreError, match=r"cut\.zarr is incomplete \(80 of 160 snapshots\); rerun the same"):
+        train(TrainConfig(model="emulator", steps=2, batch_size=4), cut, tmp_path / "b", quiet=True)
+    assert not (tmp_path / "b").exists()

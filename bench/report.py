@@ -1,0 +1,121 @@
+"""Names, groups and work of the benchmarks, and the summary of a run computed from them.
+
+Each benchmark calls `describe` before timing: a readable name `op[case, …]`, the group of cases
+measured side by side (one of them its baseline) and the work one timed call does, under the keys
+of RATES. `summarize` turns pytest-benchmark's records (the entries of its JSON's "benchmarks")
+into rows: mean, rates and the ratio to the group's baseline; `table` lays them out for the
+terminal. bench/conftest.py prints the table after a run and saves the rows with the JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+WIDTH = 110
+# work key in extra_info → its rate's format ({v} the number, {p} its SI prefix); ratios use the
+# first key, in this order, that a row shares with its baseline
+RATES = {"member_steps": "{v}{p} member-steps/s", "flops": "{v} {p}FLOP/s",
+         "elements": "{v}{p} elements/s", "bytes": "{v} {p}B/s"}
+PREFIXES = ("", "k", "M", "G", "T", "P")
+HEADER = ("benchmark", "mean ms", "±%", "throughput", "vs baseline")
+
+
+def describe(benchmark, name: str, group: str | None = None, baseline: bool = False,
+             **work: float) -> None:
+    """Name the benchmark, put it in `group` (as its baseline if `baseline`) and record the work of
+    one timed call (keys of RATES). Call before timing: pytest-benchmark copies name and group then."""
+    unknown = set(work) - set(RATES)
+    if unknown:
+        raise ValueError(f"unknown work {sorted(unknown)}; known: {list(RATES)}")
+    benchmark.name, benchmark.group = name, group
+    benchmark.extra_info.update(work, baseline=baseline)
+
+
+def summarize(benchmarks: list[dict]) -> list[dict]:
+    """Rows of the summary, grouped in order of first appearance, each group's baseline first:
+    name, group, mean and stddev in ms, rounds, rates per second of the work in extra_info, and the
+    ratio of the row's rate to the baseline's (of their mean times if they share no work)."""
+    groups: dict[str | None, list[dict]] = {}
+    for bench in benchmarks:
+        stats, info = bench["stats"], bench["extra_info"]
+        groups.setdefault(bench["group"], []).append({
+            "name": bench["name"], "group": bench["group"], "baseline": bool(info.get("baseline")),
+            "mean_ms": stats["mean"] * 1e3, "stddev_ms": stats["stddev"] * 1e3,
+            "rounds": stats["rounds"],
+            "rates": {f"{key}_per_s": info[key] / stats["mean"] for key in RATES if key in info}})
+    rows = []
+    for group, members in groups.items():
+        members.sort(key=lambda row: not row["baseline"])
+        base = members[0] if group is not None and members[0]["baseline"] else None
+        for row in members:
+            row["ratio"], row["vs"] = _ratio(row, base) if base and row is not base else (None, None)
+        rows += members
+    return rows
+
+
+def _ratio(row: dict, base: dict) -> tuple[float, str]:
+    """(row's speed / baseline's, the baseline's name parts the row lacks: what it is compared to)."""
+    shared = [key for key in row["rates"] if key in base["rates"]]
+    ratio = (row["rates"][shared[0]] / base["rates"][shared[0]] if shared
+             else base["mean_ms"] / row["mean_ms"])
+    own = set(_parts(row["name"]))
+    return ratio, ", ".join(p for p in _parts(base["name"]) if p not in own) or base["name"]
+
+
+def _parts(name: str) -> list[str]:
+    """`op[a, b]` → [op, a, b]."""
+    return [p for p in re.split(r"\s*[\[\],]\s*", name) if p]
+
+
+def table(rows: list[dict], width: int = WIDTH) -> list[str]:
+    """The rows as lines of at most `width` characters: a header, then the rows with a blank line
+    around each group of several (names shortened with … if they do not fit)."""
+    sizes = Counter(row["group"] for row in rows)
+    compared = [row["group"] is not None and sizes[row["group"]] > 1 for row in rows]
+    cells = [_cells(row, c) for row, c in zip(rows, compared, strict=True)]
+    widths = [max(len(c[i]) for c in [HEADER, *cells]) for i in range(1, 4)]
+    room = width - sum(w + 2 for w in widths) - 2 - max(len(c[4]) for c in [HEADER, *cells])
+    name_w = max(len(HEADER[0]), min(room, max(len(c[0]) for c in cells)))
+
+    def line(c: tuple[str, ...]) -> str:
+        name, mean, spread, rates, ratio = c
+        return (f"{_fit(name, name_w):<{name_w}}  {mean:>{widths[0]}}  {spread:>{widths[1]}}"
+                f"  {rates:<{widths[2]}}  {ratio}").rstrip()
+
+    lines = [line(HEADER)]
+    for i, c in enumerate(cells):
+        if i and rows[i]["group"] != rows[i - 1]["group"] and (compared[i] or compared[i - 1]):
+            lines.append("")
+        lines.append(line(c))
+    return lines
+
+
+def _cells(row: dict, compared: bool) -> tuple[str, str, str, str, str]:
+    """(name, mean ms, stddev %, rates, ratio) of a row; `compared`: it is in a group of several."""
+    pct = 100 * row["stddev_ms"] / row["mean_ms"]
+    spread = "" if row["rounds"] < 2 else f"{pct:.1f}" if pct < 10 else f"{pct:.0f}"
+    rates = ", ".join(_si(value, RATES[key.removesuffix("_per_s")]) for key, value in row["rates"].items())
+    if row["ratio"] is not None:
+        ratio = f"{row['ratio']:.2f}× vs {row['vs']}"
+    else:
+        ratio = "baseline" if row["baseline"] and compared else ""
+    return row["name"], _ms(row["mean_ms"]), spread, rates, ratio
+
+
+def _ms(ms: float) -> str:
+    """Four significant digits, without an exponent."""
+    return f"{ms:.4g}" if ms < 1e4 else f"{ms:.0f}"
+
+
+def _si(value: float, template: str) -> str:
+    """`value` with an SI prefix and three significant digits, formatted by `template`."""
+    power = 0
+    while abs(value) >= 999.5 and power < len(PREFIXES) - 1:
+        value, power = value / 1000, power + 1
+    return template.format(v=f"{value:.3g}", p=PREFIXES[power])
+
+
+def _fit(text: str, width: int) -> str:
+    """`text`, cut to `width` characters (the last one …) if longer."""
+    return text if len(text) <= width else text[:width - 1] + "…"
