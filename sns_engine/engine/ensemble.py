@@ -36,11 +36,17 @@ def with_activation(cfg: RolloutConfig, bundle: Bundle) -> RolloutConfig:
 
 
 def describe_activation(cfg: RolloutConfig) -> str:
-    """One line saying which members the rollout refines."""
+    """Which members the rollout refines, in words."""
     if cfg.threshold == 0:
         return "refining every member every step"
     head = "n̂_x" if cfg.threshold_heads == "x" else "max(n̂_x, n̂_y)"
     return f"refining members with {head} ≥ {cfg.threshold}"
+
+
+def announce(cfg: RolloutConfig, quiet: bool) -> None:
+    """Say on stderr, as the rollout starts, which path it walks and whom it refines."""
+    if not quiet and get_path(cfg.path).model == "refiner":
+        print(f"sns_engine: path {cfg.path}, {describe_activation(cfg)}", file=sys.stderr)
 
 
 def perturbation(initial: torch.Tensor | str | Path | None, perturb: float | None) -> float:
@@ -182,8 +188,6 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
     cfg = with_activation(cfg, bundle)
-    if not quiet and get_path(path).model == "refiner":
-        print(f"sns_engine: path {path}, {describe_activation(cfg)}", file=sys.stderr)
     if out is None:
         _check_memory(batch, steps // save_every, bundle.system)
     if backend != "torch":  # fused Triton conv blocks in every U-Net (weights unchanged)
@@ -201,6 +205,7 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     x0 = initial_conditions(bundle, batch, initial, everyone, seed, perturb)[shard.rows].to(device)
 
     if engine == "reference":
+        announce(cfg, quiet)
         record = reference_rollout(emulator, denoiser, bundle.schedule, x0, cfg,
                                    CounterNoise(seed), members.to(device))
         scale = bundle.scale.to(record.states.device)
@@ -210,6 +215,7 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     eng = Engine(emulator, denoiser, bundle.schedule, x0, cfg, members=members.to(device),
                  backend=backend, graphs=graphs, bf16=bf16)
     if out is None:
+        announce(cfg, quiet)
         states, levels, moves = drive(eng, steps, save_every, quiet=quiet)
         scale = bundle.scale
         saved = (torch.stack(states, dim=1) * scale if states
@@ -231,6 +237,7 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         if saved_state is not None:
             eng.load_state(*saved_state)
     writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step, shard.rows)
+    announce(cfg, quiet)
     drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
         store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet)
     writer.close(eng.flags, eng.flagged_at)

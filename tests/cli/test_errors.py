@@ -88,7 +88,7 @@ CASES = [
     ("bound 0", "rollout --out {new} --bound 0", "--bound must be positive, got 0.0"),
     ("bound nan", "rollout --out {new} --bound nan", "--bound must be positive, got nan"),
     ("thermalizer stop above start", "rollout --out {new} --thermalizer-stop 20",
-     "--thermalizer-stop 20 must be below --thermalizer-start 10"),
+     "--thermalizer-stop 20 must be below --thermalizer-start 11"),
     ("unknown path", "rollout --out {new} --path zigzag", "invalid choice: 'zigzag' (choose from 'emulator'"),
     ("unknown backend", "rollout --out {new} --backend foo", "invalid choice: 'foo'"),
     ("seed not an int", "rollout --out {new} --seed abc", "--seed: invalid int value: 'abc'"),
@@ -348,7 +348,7 @@ def test_facade_defaults_match_the_implementations():
 def test_every_option_has_help():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
-    assert sorted(sub.choices) == ["data", "evaluate", "plot", "rollout", "study", "train"]
+    assert sorted(sub.choices) == ["calibrate", "data", "evaluate", "plot", "rollout", "study", "train"]
     for name, p in sub.choices.items():
         for action in p._actions:
             assert action.help and len(action.help) > 8, (name, action.dest)
