@@ -1,6 +1,6 @@
 """Fused level argmax against the torch reference (which writes the logits), across batches.
 
-Shape of the level head's last layer (DESIGN.md §3): linear 1000 → 1000 (N + 1 = 1001 classes
+Shape of the level head's last layer (docs/method.md §Network): linear 1000 → 1000 (N + 1 = 1001 classes
 here). extra_info: bytes moved by a fused call (features, weight, bias read; idx written), the
 logits bytes it avoids (written and read back once by the reference) and FLOPs; the run's summary
 prints GFLOP/s and GB/s.

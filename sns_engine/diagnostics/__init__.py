@@ -1,4 +1,4 @@
-"""Quality metrics of trajectories (DESIGN.md §5): spectra and statistics, batched in torch.
+"""Quality metrics of trajectories: spectra and statistics, batched in torch.
 
 They know nothing of models or the engine; `evaluate` applies them to stores."""
 

@@ -1,4 +1,4 @@
-"""Metrics of an ensemble store against solver data, per time window (DESIGN.md §5).
+"""Metrics of an ensemble store against solver data, per time window.
 
 The reference is the solver store's invariant measure (all its trajectories and times): its mean
 spectrum, its value distribution per channel, its autocorrelation. For each window of the

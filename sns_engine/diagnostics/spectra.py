@@ -1,4 +1,4 @@
-"""Isotropic spectra of periodic fields on a square domain, batched in torch (DESIGN.md §5).
+"""Isotropic spectra of periodic fields on a square domain, batched in torch.
 
 Normalisation, the one convention of this module. A field f sampled on an H × W grid (y, x) over a
 periodic square of side `length` has wavevectors k = dk·(m, n), dk = 2π/length, m, n integers in

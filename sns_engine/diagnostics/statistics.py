@@ -1,4 +1,4 @@
-"""Statistics of fields and trajectories, batched in torch (DESIGN.md §5): Wasserstein-1 distance
+"""Statistics of fields and trajectories, batched in torch: Wasserstein-1 distance
 of marginal distributions, autocorrelation and decorrelation time, rate of change, stability time
 and survival.
 

@@ -1,4 +1,4 @@
-"""The emulator: one physical step x_t → x_{t+1} as x_t plus a U-Net residual (DESIGN.md §3)."""
+"""The emulator: one physical step x_t → x_{t+1} as x_t plus a U-Net residual (docs/method.md §Network)."""
 
 from __future__ import annotations
 

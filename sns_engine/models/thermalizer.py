@@ -1,4 +1,4 @@
-"""The Thermalizer baseline: an unconditional ε-model with one level head (DESIGN.md §3)."""
+"""The Thermalizer baseline: an unconditional ε-model with one level head (docs/method.md §Network)."""
 
 from __future__ import annotations
 

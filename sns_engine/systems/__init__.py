@@ -1,4 +1,4 @@
-"""Reference solvers of the chaotic systems and their registry (DESIGN.md §6).
+"""Reference solvers of the chaotic systems and their registry (the papers' setup).
 
     get_system("kolmogorov", "cpu", spinup_steps=100)   →  a System
     SYSTEMS = ("kolmogorov", "qg"), PRESETS = ("paper", "cpu")

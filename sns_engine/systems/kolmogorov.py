@@ -1,4 +1,4 @@
-"""2D Kolmogorov flow: jax-cfd pseudo-spectral vorticity solver, batched with vmap (DESIGN.md §6).
+"""2D Kolmogorov flow: jax-cfd pseudo-spectral vorticity solver, batched with vmap (the papers' setup).
 
     ∂ω/∂t + u·∇ω = ν∇²ω − λω + curl f,   f = (sin(k_f y), 0),   ν = 1/Re,   domain [0, 2π)²
 

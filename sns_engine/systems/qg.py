@@ -1,4 +1,4 @@
-"""Two-layer quasi-geostrophic jet: pyqg `QGModel`, one model per trajectory (DESIGN.md §6).
+"""Two-layer quasi-geostrophic jet: pyqg `QGModel`, one model per trajectory (the papers' setup).
 
 The jet configuration of Ross et al. (2023): QGModel(nx=64, dt=3600, rek=7e-8, delta=0.1,
 beta=1e-11), other parameters pyqg's defaults. Snapshots are the PV anomaly q of both layers

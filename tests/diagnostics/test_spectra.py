@@ -19,7 +19,7 @@ from sns_engine.diagnostics import (
 RTOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 SHAPES = [(16, 16), (3, 32, 32), (2, 3, 15, 15), (4, 17, 20)]
 DTYPES = [torch.float32, torch.float64]
-# the QG jet of DESIGN.md §6
+# the QG jet (pyqg QGModel of the reference setup)
 QG_PARAMS = {"nx": 64, "dt": 3600.0, "rek": 7e-8, "delta": 0.1, "beta": 1e-11}
 
 
