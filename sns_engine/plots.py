@@ -350,7 +350,8 @@ def calibration(result: dict[str, Any], out: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
     a.plot(levels, levels, color="0.3", lw=1, label="n̂ = k")
     tol = np.maximum(2.0, 0.25 * levels)
-    a.fill_between(levels, levels - tol, levels + tol, color="0.85", label="max(2, 25 %) of k")
+    a.fill_between(levels, np.maximum(levels - tol, 0), levels + tol, color="0.85",
+                   label="max(2, 25 %) of k")
     for name, label, colour in (("x_given_clean_y", "n̂_x, y clean", "C0"),
                                 ("y_given_clean_x", "n̂_y, x clean", "C1"),
                                 ("both_x", "n̂_x, both noised", "C2"),
@@ -360,6 +361,7 @@ def calibration(result: dict[str, Any], out: Path) -> Path:
         a.fill_between(levels, lo, hi, color=colour, alpha=0.15)
     a.set_xscale("symlog", linthresh=1)
     a.set_yscale("symlog", linthresh=1)
+    a.set_ylim(bottom=0)
     a.set_xlabel("true noise level k (0 = clean)")
     a.set_ylabel("estimated level n̂ (argmax of the head)")
     a.set_title(f"held-out frames noised to k ({result['samples']} frames; median, 10–90 %)")
@@ -372,6 +374,7 @@ def calibration(result: dict[str, Any], out: Path) -> Path:
         b.fill_between(steps, lo, hi, color=colour, alpha=0.15)
     b.set_xscale("log")
     b.set_yscale("symlog", linthresh=1)
+    b.set_ylim(bottom=0)
     b.set_xlabel("free emulator steps from a clean frame")
     b.set_ylabel("estimated level n̂")
     b.set_title("estimates on the emulator's own proposals")
