@@ -122,8 +122,7 @@ def authors_rollout(path, emulator, denoiser, initial, steps, noise, threshold=N
     members = torch.arange(initial.shape[0])
     state, saved = initial.clone(), []
     with torch.no_grad():
-        for t in range(steps):
-            step = t
+        for step in range(steps):
             proposal = emulator(state)
             logits = denoiser.levels(initial, state, proposal)          # ratio_class_both
             classes = torch.stack([logits.logits_y.argmax(-1), logits.logits_x.argmax(-1)], 1) - 1
@@ -144,8 +143,7 @@ def authors_thermalize(emulator, thermalizer, initial, steps, noise, start, stop
     members = torch.arange(initial.shape[0])
     state, saved = initial.clone(), []
     with torch.no_grad():
-        for t in range(steps):
-            step = t
+        for step in range(steps):
             state = emulator(state)
             classes = thermalizer.levels(state).argmax(-1) - 1             # noise_class
             select = classes > start
