@@ -17,5 +17,5 @@ export TRITON_INTERPRET=0 OMP_NUM_THREADS=4
 .venv/bin/pip install -q --no-build-isolation -e . || echo "CUDA extension build failed; backend='cuda' will report why"
 .venv/bin/pytest -q tests/kernels tests/engine -p no:cacheprovider 2>&1 | tee "$out/$stamp-h200-tests.txt"
 .venv/bin/pytest -q bench --benchmark-only --benchmark-json="$out/$stamp-h200.json" \
-    -k "gpu or cuda or triton or engine or paper" 2>&1 | tail -60
+    -k "gpu or cuda or triton or engine or authors" 2>&1 | tail -60
 echo "results: $out/$stamp-h200.json"

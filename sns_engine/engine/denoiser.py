@@ -105,4 +105,4 @@ class TorchNoise:
         self.generator = generator
 
     def __call__(self, member, step, level, stream, shape):
-        return torch.randn((member.shape[0], *shape), generator=self.generator)
+        return torch.randn((member.shape[0], *shape), generator=self.generator, device=member.device)
