@@ -30,17 +30,24 @@ class LevelLogits(NamedTuple):
     logits_x: torch.Tensor
 
 
+class LevelEstimate(NamedTuple):
+    n_y: torch.Tensor        # (B,) int64 argmax level of y
+    n_x: torch.Tensor        # (B,) int64 argmax level of x
+
+
 Frames = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], DenoiserOutput]
 
 
 @dataclass(frozen=True)
 class Denoiser:
     """`denoiser(long, y, x)` is the full forward (ε̂ of both frames and both heads' logits);
-    `denoiser.levels(long, y, x)` only the level estimate — for a U-Net its encoder, middle and
-    heads, no decoder, as the authors' `ratio_class_both`."""
+    `levels(long, y, x)` only the heads' logits and `estimate(long, y, x)` only their argmax
+    levels — for a U-Net its encoder, middle and heads, no decoder, as the authors'
+    `ratio_class_both`; `estimate` runs the heads' last linear and argmax fused."""
 
     forward: Frames
     levels: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LevelLogits]
+    estimate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LevelEstimate]
 
     def __call__(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
         return self.forward(long, y, x)
@@ -52,20 +59,25 @@ class Denoiser:
             out = forward(long, y, x)
             return LevelLogits(out.logits_y, out.logits_x)
 
-        return cls(forward, levels)
+        def estimate(long, y, x):
+            out = levels(long, y, x)
+            return LevelEstimate(out.logits_y.argmax(-1), out.logits_x.argmax(-1))
+
+        return cls(forward, levels, estimate)
 
 
-def refiner_denoiser(refiner: torch.nn.Module) -> Denoiser:
-    """The SNS refiner as a Denoiser."""
+def refiner_denoiser(refiner: torch.nn.Module, backend: str = "torch") -> Denoiser:
+    """The SNS refiner as a Denoiser; `backend` runs the estimate's fused head (ops.level_argmax)."""
 
     def forward(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
         out = refiner(long, y, x)
         return DenoiserOutput(out.eps_y, out.eps_x, out.logits_y, out.logits_x)
 
-    return Denoiser(forward, lambda long, y, x: LevelLogits(*refiner.levels(long, y, x)))
+    return Denoiser(forward, lambda long, y, x: LevelLogits(*refiner.levels(long, y, x)),
+                    lambda long, y, x: LevelEstimate(*refiner.estimate(long, y, x, backend)))
 
 
-def thermalizer_denoiser(thermalizer: torch.nn.Module) -> Denoiser:
+def thermalizer_denoiser(thermalizer: torch.nn.Module, backend: str = "torch") -> Denoiser:
     """The unconditional Thermalizer as a Denoiser acting on x alone (y: zero ε̂, x's logits)."""
 
     def forward(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
@@ -76,7 +88,11 @@ def thermalizer_denoiser(thermalizer: torch.nn.Module) -> Denoiser:
         logits = thermalizer.levels(x)
         return LevelLogits(logits, logits)
 
-    return Denoiser(forward, levels)
+    def estimate(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> LevelEstimate:
+        n = thermalizer.estimate(x, backend)
+        return LevelEstimate(n, n)
+
+    return Denoiser(forward, levels, estimate)
 
 
 class NoiseSource(Protocol):

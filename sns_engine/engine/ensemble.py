@@ -197,9 +197,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     model = get_path(path).model
     denoiser = None
     if model == "refiner":
-        denoiser = refiner_denoiser(bundle.model("refiner"))
+        denoiser = refiner_denoiser(bundle.model("refiner"), backend)
     elif model == "thermalizer":
-        denoiser = thermalizer_denoiser(bundle.model("thermalizer"))
+        denoiser = thermalizer_denoiser(bundle.model("thermalizer"), backend)
     everyone = torch.arange(member_offset, member_offset + batch)
     members = everyone[shard.rows]
     x0 = initial_conditions(bundle, batch, initial, everyone, seed, perturb)[shard.rows].to(device)

@@ -80,8 +80,11 @@ def refine_member(path: Path, denoiser: Denoiser, schedule: CosineSchedule, long
                   cfg: RolloutConfig, noise: NoiseSource, member, step):
     """Estimate, plan, re-noise and walk one member; returns (x_new, n̂_x, n̂_y, moves, flags)."""
     reused = path.reuses_estimate(cfg.renoise)
-    out = denoiser(long, y, x) if reused else denoiser.levels(long, y, x)
-    n_x, n_y = estimate_levels(out)
+    out = denoiser(long, y, x) if reused else None
+    if reused:
+        n_x, n_y = estimate_levels(out)
+    else:
+        n_y, n_x = denoiser.estimate(long, y, x)
     plan = path.plan(n_x, n_y, settings_of(cfg, schedule.num_levels))
     if path.flags_noise_limit and int(n_x) > cfg.noise_limit:
         return x, n_x, n_y, 0, NOISE_LIMIT

@@ -92,8 +92,8 @@ class Engine:
         if device.type == "cpu" and cpu_chunk:
             emulator = chunked(emulator, cpu_chunk)
             if denoiser is not None:
-                denoiser = Denoiser(chunked(denoiser.forward, cpu_chunk),
-                                    chunked(denoiser.levels, cpu_chunk))
+                denoiser = Denoiser(*(chunked(fn, cpu_chunk) for fn in
+                                      (denoiser.forward, denoiser.levels, denoiser.estimate)))
         self.emulator, self.denoiser, self.schedule, self.cfg = emulator, denoiser, schedule, cfg
         self.backend = backend
         b = initial.shape[0]
@@ -167,13 +167,13 @@ class Engine:
         with profiling.range("estimate"), self.autocast:
             if reuse:
                 out = self.denoiser(self.long, self.x, self.proposal)
+                n_x, n_y = out.logits_x.argmax(-1), out.logits_y.argmax(-1)
                 self.stats.forwards += 1
                 self.stats.member_forwards += b
                 self.stats.useful_member_forwards += b
             else:
-                out = self.denoiser.levels(self.long, self.x, self.proposal)
+                n_y, n_x = self.denoiser.estimate(self.long, self.x, self.proposal)
                 self.stats.level_passes += 1
-        n_x, n_y = out.logits_x.argmax(-1), out.logits_y.argmax(-1)
         plan = self.path.plan(n_x, n_y, settings_of(cfg, sched.num_levels))
         over_limit = alive & (n_x > cfg.noise_limit) if self.path.flags_noise_limit else None
         active = alive if over_limit is None else alive & ~over_limit

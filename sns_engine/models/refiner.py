@@ -53,3 +53,10 @@ class Refiner(nn.Module):
         """Only the level logits (logits_y, logits_x), skipping the decoder."""
         logits_y, logits_x = self.unet.levels(torch.cat([long, y, x], dim=1))
         return logits_y, logits_x
+
+    def estimate(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                 backend: str | None = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+        """The argmax levels (n̂_y, n̂_x), skipping the decoder (the authors' `ratio_class_both`,
+        both heads from one encoder pass); the heads' last linear + argmax run fused (`backend`)."""
+        n_y, n_x = self.unet.level_estimates(torch.cat([long, y, x], dim=1), backend)
+        return n_y, n_x

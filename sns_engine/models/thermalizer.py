@@ -32,3 +32,7 @@ class Thermalizer(nn.Module):
     def levels(self, x: torch.Tensor) -> torch.Tensor:
         """Only the level logits, skipping the decoder."""
         return self.unet.levels(x)[0]
+
+    def estimate(self, x: torch.Tensor, backend: str | None = "torch") -> torch.Tensor:
+        """The argmax level (B,), skipping the decoder; last linear + argmax fused (`backend`)."""
+        return self.unet.level_estimates(x, backend)[0]

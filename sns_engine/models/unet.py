@@ -52,6 +52,7 @@ from torch import nn
 
 from sns_engine.config import ConfigError
 from sns_engine.ops.conv_block import check_conv_backend, residual_block
+from sns_engine.ops.level_argmax import level_argmax
 
 GELU_GAIN = math.sqrt(2.0)   # He gain: keeps the second moment through a (near-)rectifier
 
@@ -252,9 +253,13 @@ class LevelHead(nn.Module):
             init_layer(layer, GELU_GAIN)
         init_layer(self.fc1, 1.0)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything before the last linear: what `fc2` maps to the logits (B, hidden)."""
         h = self.conv2(F.gelu(self.conv1(F.gelu(h))))
-        return self.fc2(F.gelu(self.fc1(h.flatten(1))))
+        return F.gelu(self.fc1(h.flatten(1)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.features(h))
 
 
 class LevelEmbedding(nn.Module):
@@ -368,8 +373,16 @@ class UNet(nn.Module):
         return [head(h) for head in self.level_heads]
 
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Only the level estimate: encoder, middle and heads, no decoder."""
+        """Only the level logits: encoder, middle and heads, no decoder."""
         return self.level_logits(self.encode(x)[0])
+
+    def level_estimates(self, x: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
+        """Each head's argmax level (B,) int64 from encoder, middle and heads, no decoder; the
+        heads' last linear and the argmax are one fused op (ops.level_argmax, `backend`), which
+        never writes the logits."""
+        h = self.encode(x)[0]
+        return [level_argmax(head.features(h), head.fc2.weight, head.fc2.bias, backend=backend)
+                for head in self.level_heads]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h, skips = self.encode(x)

@@ -78,7 +78,7 @@ def test_estimate_is_a_levels_only_pass_when_frames_are_renoised():
     x0 = initial(8, seed=6)
     cfg = RolloutConfig(path="left_down", steps=2, renoise=True, threshold=0)
     emulator, denoiser = models(cfg.path)
-    calls = {"forward": 0, "levels": 0}
+    calls = {"forward": 0, "levels": 0, "estimate": 0}
 
     def counted(name, fn):
         def run(*inputs):
@@ -86,16 +86,16 @@ def test_estimate_is_a_levels_only_pass_when_frames_are_renoised():
             return fn(*inputs)
         return run
 
-    spy = type(denoiser)(counted("forward", denoiser.forward), counted("levels", denoiser.levels))
+    spy = type(denoiser)(*(counted(name, getattr(denoiser, name)) for name in calls))
     engine = Engine(emulator, spy, SCHEDULE, x0, cfg, graphs=False, cpu_chunk=None)
     _, _, moves = drive(engine, cfg.steps, cfg.save_every)
     longest = torch.stack(moves, 1).max(0).values
-    assert calls["levels"] == engine.stats.level_passes == cfg.steps
+    assert calls["estimate"] == engine.stats.level_passes == cfg.steps and calls["levels"] == 0
     assert calls["forward"] == int(longest.sum())          # one full forward per tick, no more
     assert engine.stats.forwards == cfg.steps + int(longest.sum())   # + the emulator's
-    calls.update(forward=0, levels=0)
+    calls.update(forward=0, levels=0, estimate=0)
     reference_rollout(emulator, spy, SCHEDULE, x0[:1], cfg, CounterNoise(0))
-    assert calls["levels"] == cfg.steps
+    assert calls["estimate"] == cfg.steps
 
 
 def test_member_trajectory_independent_of_batch_composition():

@@ -45,6 +45,9 @@ class ToyRefiner(nn.Module):
     def levels(self, long, y, x):
         return LevelLogits(self._logits(y), self._logits(x))
 
+    def estimate(self, long, y, x, backend="torch"):
+        return self._logits(y).argmax(-1), self._logits(x).argmax(-1)
+
 
 class ToyThermalizer(nn.Module):
     def __init__(self, channels: int = 1, num_levels: int = 1000, seed: int = 2):
@@ -57,3 +60,6 @@ class ToyThermalizer(nn.Module):
 
     def levels(self, x):
         return self.inner.levels(x, x, x).logits_x
+
+    def estimate(self, x, backend="torch"):
+        return self.levels(x).argmax(-1)

@@ -185,3 +185,19 @@ def test_initialisation_starts_at_identity_with_order_one_activations():
     bottleneck, _ = model.unet.encode(torch.cat(frames, dim=1))
     assert 0.3 < bottleneck.std().item() < 3.0
     assert 0.3 < out.logits_x.std().item() < 3.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fused_level_estimates_equal_the_argmax_of_the_logits(backend):
+    """The estimate (encoder, middle, heads' features, then last linear + argmax in one op,
+    ops.level_argmax) reads the same levels as the argmax of the heads' logits."""
+    model = randomize(Refiner(Refiner.unet_config("small", 1, GRID, num_levels=40)), seed=6)
+    frames = [fresh(5, 1, GRID, GRID, seed=60 + s) for s in range(3)]
+    with torch.no_grad():
+        logits_y, logits_x = model.levels(*frames)
+        n_y, n_x = model.estimate(*frames, backend=backend)
+    assert torch.equal(n_y, logits_y.argmax(-1)) and torch.equal(n_x, logits_x.argmax(-1))
+    assert len(set(n_x.tolist())) > 1                        # not a constant answer
+    therm = randomize(Thermalizer(Thermalizer.unet_config("small", 1, GRID, num_levels=40)), seed=7)
+    with torch.no_grad():
+        assert torch.equal(therm.estimate(frames[0], backend=backend), therm.levels(frames[0]).argmax(-1))
