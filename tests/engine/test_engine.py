@@ -259,3 +259,19 @@ def test_rollout_overwrite_deletes_only_an_ensemble_store(default_bundle, tmp_pa
     first = rollout(default_bundle, batch=2, steps=2, out=ens, quiet=True)
     again = rollout(default_bundle, batch=2, steps=2, out=ens, seed=1, overwrite=True, quiet=True)
     assert first.store == again.store and TrajectoryStore(ens).root.attrs["rollout"]["seed"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_rollout_of_the_default_bundle_equals_the_cpu_reference(backend):
+    """The whole GPU path on the shipped models — fused conv blocks, the levels-only estimate with
+    the fused level_argmax, the packed ticks, CUDA graphs — against the CPU oracle, in float32."""
+    from sns_engine.ops import cuda_ext
+
+    if backend == "cuda" and not cuda_ext.is_built():
+        pytest.skip("CUDA extension not built")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    gpu = rollout(batch=6, steps=3, device="cuda", backend=backend, quiet=True)
+    cpu = rollout(batch=6, steps=3, engine="reference", device="cpu", quiet=True)
+    assert torch.equal(gpu.levels.cpu(), cpu.levels)
+    torch.testing.assert_close(gpu.states.cpu(), cpu.states, rtol=1e-3, atol=1e-3)
