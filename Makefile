@@ -20,7 +20,7 @@ install: $(STAMP)
 
 # The main job: a refined 16-member rollout on the embedded default bundle (Kolmogorov 64²) + plots.
 demo: $(STAMP)
-	.venv/bin/sns-engine rollout --batch 16 --steps 60 --path left_down --out out/demo/ensemble.zarr --overwrite
+	.venv/bin/sns-engine rollout --batch 16 --steps 100 --path left_down --out out/demo/ensemble.zarr --overwrite
 	.venv/bin/sns-engine plot snapshots out/demo/ensemble.zarr -o out/demo/snapshots.png
 	.venv/bin/sns-engine plot spectrum out/demo/ensemble.zarr -o out/demo/spectrum.png
 
