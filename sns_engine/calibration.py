@@ -52,16 +52,18 @@ def resolved(entry: list[dict[str, float]], levels: Sequence[int]) -> list[bool]
 
 
 @torch.no_grad()
-def calibrate(bundle: str | Path, data: str | Path, levels: Sequence[int] = LEVELS,
+def calibrate(bundle: str | Path, data: str | Path, levels: Sequence[int] | None = None,
               free_steps: Sequence[int] = FREE_STEPS, samples: int = 32, seed: int = 0,
               save: bool = True, quiet: bool = True) -> dict[str, Any]:
     """Calibrate the refiner heads of `bundle` on held-out frames of the solver store `data`
-    (see the module docstring); with `save` the result goes into the bundle's config.json."""
+    (see the module docstring); `levels` default to those of LEVELS within the bundle's N; with
+    `save` the result goes into the bundle's config.json."""
     if samples < 1:
         raise ValueError(f"samples must be ≥ 1, got {samples}")
     loaded = load_bundle(bundle)
     refiner, emulator = loaded.model("refiner"), loaded.model("emulator")
     n_max = loaded.schedule.num_levels
+    levels = [k for k in LEVELS if k <= n_max] if levels is None else list(levels)
     bad = [k for k in levels if not 0 <= k <= n_max]
     if bad or list(free_steps) != sorted(set(free_steps)) or min(free_steps, default=1) < 1:
         raise ValueError(f"levels must lie in 0..{n_max} (got {bad}) and free_steps be increasing "

@@ -31,11 +31,12 @@ def tiny_kolmogorov(tmp_path_factory):
 def tiny_bundle(tiny_kolmogorov, tmp_path_factory):
     """Emulator + refiner + thermalizer briefly trained on `tiny_kolmogorov` (small preset).
 
-    A strong small-level bias makes the barely trained heads estimate small levels, so the
-    rollouts in tests walk a few moves per step rather than hundreds."""
+    N = 20 diffusion levels: the barely trained heads estimate levels all over 0..N, and the
+    Kolmogorov default refines every member every step, so a short schedule keeps the rollouts
+    in tests at a few dozen moves per step rather than hundreds."""
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     for model in ("emulator", "refiner", "thermalizer"):
         _cli("train", model, "--data", tiny_kolmogorov, "--out", out, "--steps", 20,
              "--batch-size", 8, "--lag", 10, "--lr", "1e-3", "--level-bias", "0.1",
-             "--val-every", 10, "--quiet")
+             "--num-levels", 20, "--val-every", 10, "--quiet")
     return out
