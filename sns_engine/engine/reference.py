@@ -80,8 +80,9 @@ def refine_member(path: Path, denoiser: Denoiser, schedule: CosineSchedule, long
                   cfg: RolloutConfig, noise: NoiseSource, member, step):
     """Estimate, plan, re-noise and walk one member; returns (x_new, n̂_x, n̂_y, moves, flags)."""
     reused = path.reuses_estimate(cfg.renoise)
-    out = denoiser(long, y, x) if reused else None
+    out = None
     if reused:
+        out = denoiser(long, y, x)
         n_x, n_y = estimate_levels(out)
     else:
         n_y, n_x = denoiser.estimate(long, y, x)
