@@ -23,9 +23,26 @@ DISPLAY = {"columns": ["mean", "stddev", "rounds"], "time_unit": "ms", "sort": "
 JSON_PATH = pytest.StashKey["Path | None"]()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench-long", action="store_true",
+                     help="also run the benchmarks marked `long` (large CPU batches: minutes each)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `long` benchmarks unless --bench-long is given, so the default run stays short."""
+    if config.getoption("bench_long"):
+        return
+    skip = pytest.mark.skip(reason="long benchmark: pass --bench-long to run it")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Narrow pytest-benchmark's table; choose the default JSON's path (none if SNS_BENCH_JSON=0 or
     the user passed --benchmark-json)."""
+    config.addinivalue_line("markers", "long: a benchmark that takes minutes on the CPU; runs only "
+                                       "with --bench-long")
     given = {word.split("=")[0] for word in (*config.invocation_params.args, *config.getini("addopts"),
                                               *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")))}
     for key, value in DISPLAY.items():

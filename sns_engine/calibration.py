@@ -16,14 +16,15 @@ a rollout). Each entry keeps the median and the 10–90 % range over the frames.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from sns_engine.bundle import check_compatible, load_bundle, save_calibration, store_system
+from sns_engine.bundle import Bundle, check_compatible, load_bundle, save_calibration, store_system
 from sns_engine.data.datasets import refiner_triples
 from sns_engine.data.store import TrajectoryStore
 from sns_engine.engine.rollout import chunked
@@ -33,6 +34,40 @@ LEVELS = (0, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
 FREE_STEPS = (1, 10, 100, 1000)
 CHECKED = (3, 200)          # the bar: every level in this range
 CHUNK = 16                  # members per network call (cache-sized on the CPU)
+
+
+def held_out_triples(loaded: Bundle, data: str | Path, samples: int,
+                     gen: torch.Generator) -> tuple[list[int], tuple[torch.Tensor, ...]]:
+    """`samples` random clean (long-lag, y, x) frames (normalised) of the trajectories the
+    refiner's training held out of the solver store `data`; returns (those trajectories, frames)."""
+    store = TrajectoryStore(data)
+    check_compatible({"system": loaded.system}, store_system(store), str(data))
+    train = loaded.config["models"]["refiner"]["train"]
+    _, held_out = split_trajectories(store.spec.trajectories, train["val_fraction"])
+    triples = refiner_triples(store, train["lag"], trajectories=held_out)
+    picks = torch.randint(len(triples), (samples,), generator=gen)
+    return held_out, torch.stack([triples[int(i)] for i in picks]).unbind(1)
+
+
+def estimator(refiner: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """(long, y, x) → (S, 2) estimates (n̂_y, n̂_x) of the refiner's levels-only pass, in chunks."""
+    return chunked(lambda lo, y, x: torch.stack([z.argmax(-1) for z in refiner.levels(lo, y, x)]).T,
+                   CHUNK)
+
+
+@torch.no_grad()
+def clean_threshold(bundle: Bundle, data: str | Path, quantile: float = 0.99, samples: int = 256,
+                    seed: int = 0) -> dict[str, Any]:
+    """An activation threshold read from clean frames before any rollout: the `quantile` of n̂_x
+    on `samples` held-out clean frames of `data` (as `calibrate` picks them), + 1. A member whose
+    proposal the x head reads at or above it looks noisier than all but 1 − quantile of clean
+    frames."""
+    gen = torch.Generator().manual_seed(seed)
+    _, (long, y, x) = held_out_triples(bundle, data, samples, gen)
+    n_x = estimator(bundle.model("refiner"))(long, y, x)[:, 1].double()
+    value = float(torch.quantile(n_x, quantile))
+    return {"quantile": quantile, "samples": samples, "data": str(data), "value": value,
+            "threshold": math.ceil(value) + 1, "n_x": summary(n_x)}
 
 
 def tolerance(k: int) -> float:
@@ -68,17 +103,9 @@ def calibrate(bundle: str | Path, data: str | Path, levels: Sequence[int] | None
     if bad or list(free_steps) != sorted(set(free_steps)) or min(free_steps, default=1) < 1:
         raise ValueError(f"levels must lie in 0..{n_max} (got {bad}) and free_steps be increasing "
                          f"positive step counts (got {list(free_steps)})")
-    store = TrajectoryStore(data)
-    check_compatible({"system": loaded.system}, store_system(store), str(data))
-    train = loaded.config["models"]["refiner"]["train"]
-    _, held_out = split_trajectories(store.spec.trajectories, train["val_fraction"])
-    triples = refiner_triples(store, train["lag"], trajectories=held_out)
     gen = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(triples), (samples,), generator=gen)
-    frames = torch.stack([triples[int(i)] for i in picks])
-    long, y0, x0 = frames.unbind(1)
-    estimate = chunked(lambda lo, y, x: torch.stack([z.argmax(-1) for z in refiner.levels(lo, y, x)]).T,
-                       CHUNK)                                   # → (S, 2): (n̂_y, n̂_x)
+    held_out, (long, y0, x0) = held_out_triples(loaded, data, samples, gen)
+    estimate = estimator(refiner)
     schedule = loaded.schedule
 
     def noised(frame: torch.Tensor, k: int) -> torch.Tensor:

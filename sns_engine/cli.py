@@ -45,9 +45,14 @@ STUDY_SIZES = (
     ("save_every", _positive, "rollout steps between stored (and evaluated) states; must divide "
                               "--horizon"),
     ("windows", _positive, "evaluation time windows"),
-    ("stability_threshold", float, "spectrum error beyond which a member counts as unstable"),
-    ("seed", int, "seed of the training data (the reference store uses seed + 1), training and "
-                  "rollouts"))
+    ("reference_spinup", _positive, "solver steps of spin-up before the reference and control "
+                                    "stores' first state (default: the system's)"),
+    ("stability_threshold", float, "symmetric spectrum error beyond which a member counts as "
+                                   "unstable"),
+    ("calibration_quantile", float, "threshold=calibrated: this quantile of n̂_x on clean frames, + 1"),
+    ("pilot_steps", _positive, "match=...: physical steps of each pilot rollout"),
+    ("seed", int, "seed of the training data (reference: seed + 1, solver control: seed + 2), "
+                  "training and rollouts"))
 ROLLOUT_OPTIONS = ("batch", "steps", "path", "initial", "perturb", "save_every", "seed", "threshold",
                    "threshold_heads", "renoise", "bound", "noise_limit", "thermalizer_start",
                    "thermalizer_stop", "backend", "device", "graphs", "bf16", "checkpoint_every",
@@ -159,7 +164,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         settings["system"] = args.system
     if "system" not in settings:
         raise StudyError("name the system (kolmogorov or qg) or pass --recipe")
-    for name in ("preset", "methods", *(name for name, _, _ in STUDY_SIZES)):
+    for name in ("preset", "methods", "bundle", "calibration_data", *(name for name, _, _ in STUDY_SIZES)):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     for option, key in (("set", "overrides"), ("train_set", "train"), ("rollout_set", "rollout")):
@@ -315,9 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, meaning in STUDY_SIZES:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
                        help=f"{meaning} (default: the recipe's, else {defaults[name]})")
-    p.add_argument("--methods", nargs="+", choices=list(PATHS), metavar="PATH",
-                   help=f"rollout paths to compare, of {', '.join(PATHS)} (default: the recipe's, "
-                        f"else {' '.join(METHODS)})")
+    p.add_argument("--bundle", help="use this bundle's models instead of training them (it must "
+                                    "hold every model the methods need)")
+    p.add_argument("--calibration-data", help="threshold=calibrated: the solver store whose held-out "
+                                              "clean frames the x head reads (default: the study's "
+                                              "training store)")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"methods to compare: a path of {', '.join(PATHS)}, optionally with settings "
+                        "path[key=value,...], e.g. left_down[threshold=calibrated], "
+                        "thermalizer[match=left_down] (default: the recipe's, else "
+                        f"{' '.join(METHODS)})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a system parameter, e.g. --set spinup_steps=300 (repeatable)")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",

@@ -215,9 +215,9 @@ def report_figure_set(report: dict[str, Any], u: Units | None = None) -> dict[st
     colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(mid)))
     for ax, name in zip(axes, names, strict=True):
         for colour, w in zip(colours, report["windows"], strict=True):
-            ax.loglog(k[1:], np.asarray(w["mean_spectra"][name])[1:], color=colour,
+            ax.loglog(k, w["mean_spectra"][name], color=colour,
                       label=f"ensemble, {_window(u, *w['time'])}")
-        ax.loglog(k[1:], np.asarray(report["reference_spectra"][name])[1:], "k--",
+        ax.loglog(k, report["reference_spectra"][name], "k--",
                   label="solver reference")
         _label_spectrum_axes(ax, u, name)
     first, last = report["windows"][0]["time"][0], report["windows"][-1]["time"][1]
@@ -230,7 +230,7 @@ def report_figure_set(report: dict[str, Any], u: Units | None = None) -> dict[st
         a.plot(mid, [w["spectrum_error"][name] for w in report["windows"]], "o-",
                label=_curve_label(name))
     a.set_xlabel(time_axis)
-    a.set_ylabel("relative error of the mean spectrum")
+    a.set_ylabel("spectrum error (mean |log E/E_ref| over resolved shells)")
     a.legend(fontsize=7)
     for c in range(len(report["windows"][0]["w1"])):
         label = channels[c].label if c < len(channels) else f"channel {c}"
@@ -381,3 +381,156 @@ def calibration(result: dict[str, Any], out: Path) -> Path:
     b.legend(fontsize=8)
     return _save(fig, out)
 
+
+
+# ------------------------------------------------------------------------------ studies
+FLOOR = "solver"  # the study's solver control ensemble: the floor band of every study figure
+
+
+def _with_interval(ax: Any, x: list[float], values: list[float], interval: list[list[float]],
+                   label: str, floor: bool) -> None:
+    """A metric over windows with its bootstrap interval: a grey band for the solver floor, a
+    line with a light band for a method."""
+    lo, hi = (np.asarray([v[i] for v in interval], dtype=float) for i in (0, 1))
+    if floor:
+        ax.fill_between(x, lo, hi, color="0.75", alpha=0.6, label=f"{label} (floor), 90 %")
+        ax.plot(x, values, color="0.35", lw=1)
+    else:
+        line, = ax.plot(x, values, "o-", ms=3, label=label)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12)
+
+
+def study_figure_set(reports: Mapping[str, dict[str, Any]], u: Units,
+                     stores: Mapping[str, tuple[TrajectoryStore, int]]) -> dict[str, Figure]:
+    """The figures of a study by file name. Every method against the solver floor band:
+    spectrum error, band errors, W1, kinetic energy over time; survival; autocorrelation;
+    snapshots of member 0 of every method and of the solver; refinement forwards.
+    `stores` maps each label to (store, first snapshot aligned with the methods' first state)."""
+    first = next(iter(reports.values()))
+    curves = list(first["windows"][0]["spectrum_error"])
+    channels = list(u.channels.values())
+    time_axis = f"time{_unit(u.time_unit)}"
+
+    def mid(r: dict[str, Any]) -> list[float]:
+        return [float(np.mean(w["time"])) / u.time_scale for w in r["windows"]]
+
+    def panel(ax: Any, get: Any, ylabel: str, log: bool = True) -> None:
+        for label, r in reports.items():
+            ws = r["windows"]
+            _with_interval(ax, mid(r), [get(w, w) for w in ws], [get(w["interval"], w) for w in ws],
+                           label, label == FLOOR)
+        ax.set_xlabel(time_axis)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=6)
+
+    figures = {}
+    n = 2 * len(curves) + len(channels)
+    fig = Figure(figsize=(4.8 * n, 4.2), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, c in zip(axes, curves, strict=False):
+        panel(ax, lambda w, _, c=c: w["spectrum_error"][c], f"spectrum error, {_curve_label(c)}")
+    for i, ax in enumerate(axes[len(curves):len(curves) + len(channels)]):
+        panel(ax, lambda w, _, i=i: w["w1"][i], f"W1 of the PDF, {channels[i].label}")
+    for ax, c in zip(axes[len(curves) + len(channels):], curves, strict=True):
+        panel(ax, lambda w, _, c=c: w["energy_ratio"][c], f"{_curve_label(c)} / reference",
+              log=False)
+        ax.axhline(1.0, color="k", lw=0.6, ls=":")
+    fig.suptitle("every method against the solver floor (grey: solver control from the same "
+                 "initial states, 90 % bootstrap band over members)")
+    figures["error_over_time.png"] = fig
+
+    bands = list(first["windows"][0]["band_error"][curves[0]])
+    fig = Figure(figsize=(4.6 * len(bands), 3.9 * len(curves)), layout="constrained")
+    grid = fig.subplots(len(curves), len(bands), squeeze=False)
+    for row, c in zip(grid, curves, strict=True):
+        for ax, b in zip(row, bands, strict=True):
+            panel(ax, lambda w, _, c=c, b=b: w["band_error"][c][b], f"{b}-k spectrum error, {c}")
+    figures["band_errors.png"] = fig
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for label, r in reports.items():
+        surv = r["stability"]["survival"]
+        ax.step(np.asarray(surv["time"]) / u.time_scale, surv["fraction"], where="post",
+                label=label, **({"color": "0.35", "ls": "--"} if label == FLOOR else {}))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(time_axis)
+    ax.set_ylabel("fraction of members stable")
+    ax.set_title(f"stability (spectrum error ≤ {first['stability']['threshold']:g}, "
+                 "energy in [0.1, 10]× the reference's)")
+    ax.legend(fontsize=7)
+    figures["survival.png"] = fig
+
+    with_acf = {m: r["autocorrelation"] for m, r in reports.items() if "autocorrelation" in r}
+    if with_acf:
+        fig = Figure(figsize=(6, 4), layout="constrained")
+        ax = fig.subplots()
+        for label, acf in with_acf.items():
+            ax.plot(np.asarray(acf["lag_time"]) / u.time_scale, acf["ensemble"], label=label,
+                    **({"color": "0.35", "ls": "--"} if label == FLOOR else {}))
+        acf = next(iter(with_acf.values()))
+        ax.plot(np.asarray(acf["lag_time"]) / u.time_scale, acf["reference"], "k:",
+                label="reference")
+        ax.axhline(math.exp(-1), color="0.6", lw=0.6)
+        ax.set_xlabel(f"lag{_unit(u.time_unit)}")
+        ax.set_ylabel("autocorrelation")
+        ax.legend(fontsize=7)
+        figures["autocorrelation.png"] = fig
+
+    figures["snapshots.png"] = _study_snapshots(stores, u)
+
+    refining = {m: r["moves"] for m, r in reports.items() if r.get("moves", {}).get("value")}
+    if refining:
+        fig = Figure(figsize=(4 * len(refining), 3.6), layout="constrained")
+        for ax, (label, hist) in zip(fig.subplots(1, len(refining), squeeze=False)[0],
+                                     refining.items(), strict=True):
+            ax.bar(hist["value"], hist["count"], width=1.0)
+            ax.set_title(label, fontsize=8)
+            ax.set_xlabel("refinement forwards per member-step")
+            ax.set_ylabel("count")
+        figures["refinement_steps.png"] = fig
+    return figures
+
+
+def _study_snapshots(stores: Mapping[str, tuple[TrajectoryStore, int]], u: Units,
+                     times: int = 4, member: int = 0) -> Figure:
+    """Member `member` of every store (rows) at `times` aligned saved states (columns), channel 0,
+    one symmetric colour scale from the solver's row."""
+    rows = list(stores)
+    store0, offset0 = stores[rows[0]]
+    count = store0.spec.snapshots - offset0
+    idx = _subsample(count, times)
+    data = {label: np.asarray(s.fields[member, idx + off, 0]) for label, (s, off) in stores.items()}
+    t = (idx + 1) * store0.spec.snapshot_dt  # the methods' saved state j is (j + 1) intervals in
+    limit, _ = _symmetric_limit(data[FLOOR] if FLOOR in data else data[rows[0]])
+    channel = next(iter(u.channels.values()))
+    side = store0.spec.domain_length / u.length_scale
+    fig = Figure(figsize=(2.3 * len(idx) + 1.2, 2.2 * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), len(idx), squeeze=False)
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.6")
+    for r, label in enumerate(rows):
+        for j in range(len(idx)):
+            ax = axes[r, j]
+            image = ax.imshow(data[label][j], cmap=cmap, norm=Normalize(-limit, limit),
+                              origin="lower", extent=(0, side, 0, side), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(_time(u, float(t[j])), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    bar = fig.colorbar(image, ax=axes, shrink=0.6, extend="both")
+    bar.set_label(channel.label, fontsize=8)
+    fig.suptitle(f"member {member} of every method and of the solver from the same initial state")
+    return fig
+
+
+def study_figures(reports: Mapping[str, dict[str, Any]], folder: Path,
+                  stores: Mapping[str, tuple[Path, int]]) -> list[Path]:
+    """Write `study_figure_set` into `folder` (all or nothing)."""
+    opened = {label: (TrajectoryStore(path), offset) for label, (path, offset) in stores.items()}
+    u = store_units(next(iter(opened.values()))[0])
+    return write_figures({folder / name: fig
+                          for name, fig in study_figure_set(reports, u, opened).items()})

@@ -32,6 +32,7 @@ import torch
 
 Shells = Literal["round", "pyqg"]
 SHELLS = ("round", "pyqg")
+BANDS = ("low", "mid", "high")  # the wavenumber bands of `spectral_bands`
 
 
 class DiagnosticsError(ValueError):
@@ -119,6 +120,40 @@ def relative_spectrum_error(spectrum: torch.Tensor, reference: torch.Tensor) -> 
         raise DiagnosticsError("the reference spectrum has no positive shell; is it all zeros?")
     ratio = (spectrum - reference).abs() / reference.where(used, 1.0)
     return ratio.where(used, 0.0).sum(-1) / counts
+
+
+def log_spectrum_error(spectrum: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Symmetric spectrum error: mean over shells of |log(S(k)/S_ref(k))|, reducing the last
+    (shell) axis; leading dims broadcast as in `relative_spectrum_error`.
+
+    An excess and a deficit by the same factor score the same (S = S_ref·e^{±c} gives c), and a
+    deficit is not capped: a spectrum with a shell S ≤ 0 or a non-finite one scores inf (a zero
+    field is infinitely wrong, not 1). The reference must be positive and finite on every shell:
+    slice both spectra to the shells to compare (e.g. those the solver resolves) first."""
+    require_float("spectrum", spectrum)
+    require_float("reference", reference)
+    if spectrum.ndim == 0 or reference.ndim == 0 or spectrum.shape[-1] != reference.shape[-1]:
+        raise DiagnosticsError(f"spectrum {tuple(spectrum.shape)} and reference "
+                               f"{tuple(reference.shape)} must share their last (shell) axis; "
+                               "compute both on the same grid and length")
+    if not (torch.isfinite(reference) & (reference > 0)).all():
+        raise DiagnosticsError("the reference spectrum must be positive and finite on every shell; "
+                               "leave out the shells where it is not (e.g. k = 0)")
+    ok = torch.isfinite(spectrum) & (spectrum > 0)
+    error = (torch.where(ok, spectrum, 1.0).log() - reference.log()).abs().mean(-1)
+    return torch.where(ok.all(-1), error, math.inf)
+
+
+def spectral_bands(shells: int) -> dict[str, slice]:
+    """Split `shells` consecutive shells into three contiguous bands "low", "mid", "high" of equal
+    count, the lower bands taking one shell more when `shells` is not a multiple of 3 (e.g. 10
+    shells: 4, 3, 3). Returns a slice of the shell axis per band."""
+    if shells < len(BANDS):
+        raise DiagnosticsError(f"need at least {len(BANDS)} shells for the bands {BANDS}, got "
+                               f"{shells}")
+    sizes = [shells // len(BANDS) + (i < shells % len(BANDS)) for i in range(len(BANDS))]
+    ends = [sum(sizes[:i + 1]) for i in range(len(BANDS))]
+    return {name: slice(end - size, end) for name, size, end in zip(BANDS, sizes, ends, strict=True)}
 
 
 def _fourier(name: str, field: torch.Tensor, length: float, shells: str) -> torch.Tensor:

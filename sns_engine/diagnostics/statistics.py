@@ -1,6 +1,6 @@
 """Statistics of fields and trajectories, batched in torch: Wasserstein-1 distance
 of marginal distributions, autocorrelation and decorrelation time, rate of change, stability time
-and survival.
+and survival; a paired sign test of per-member values and a trend test of a time series.
 
 Trajectories are (B, T, C, H, W): members, time, channel, y, x. Time follows the stores: entry t of
 a trajectory (or of a per-snapshot error) lies t + 1 intervals dt after the initial condition.
@@ -9,7 +9,9 @@ a trajectory (or of a per-snapshot error) lies t + 1 intervals dt after the init
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from sns_engine.diagnostics.spectra import DiagnosticsError, require_float
@@ -112,3 +114,62 @@ def survival_curve(stability_times: torch.Tensor, horizon_times: torch.Tensor) -
     dtype = stability_times.dtype if stability_times.is_floating_point() else torch.float64
     horizon = horizon_times.to(stability_times.device)
     return (stability_times[None, :] > horizon.reshape(-1, 1)).to(dtype).mean(dim=1)
+
+
+def sign_test(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, float]:
+    """Paired sign test of per-member values a_i against b_i (member i of both started from the
+    same initial state): wins (a_i < b_i: lower is better, as for errors; negate both for
+    higher-is-better values such as stability times), losses (a_i > b_i), ties, and the exact
+    two-sided binomial p-value of the wins among the untied pairs under p = ½:
+    min(1, 2·P(X ≤ min(wins, losses))), X ~ Binomial(wins + losses, ½); 1 without untied pairs.
+    None counts as +inf (a stability time beyond the horizon)."""
+    x, y = (np.array([math.inf if v is None else v for v in s], dtype=np.float64) for s in (a, b))
+    if x.ndim != 1 or x.shape != y.shape:
+        raise DiagnosticsError(f"a and b must be 1-D and paired, got shapes {x.shape} and {y.shape}")
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise DiagnosticsError("a and b must not hold nan; map a failed member to +inf (worst) first")
+    wins, losses = int((x < y).sum()), int((x > y).sum())
+    n = wins + losses
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    return {"wins": wins, "losses": losses, "ties": len(x) - n,
+            "p_value": min(1.0, 2 * tail / 2**n)}
+
+
+def stationarity(series: Sequence[float] | np.ndarray, times: Sequence[float] | np.ndarray | None = None,
+                 ) -> dict[str, float]:
+    """Least-squares linear trend of a time series (e.g. a reference's kinetic energy), to check
+    that it has none. `times` defaults to 0, 1, 2, ….
+
+    Returns slope (per unit time), its standard error, t = slope/stderr, correlation_time (of the
+    residuals, in samples) and relative_change (slope × time span / mean: the trend's change over
+    the series relative to its level). Consecutive residuals of a physical series are correlated,
+    which makes the plain standard error too small: its variance is multiplied by the integrated
+    correlation time τ = 1 + 2 Σ_{l ≥ 1} ρ_l (ρ_l the residuals' autocorrelation at lag l, summed
+    while positive; τ ≥ 1), i.e. n/τ effective samples. On a short series ρ_l is biased low, so
+    |t| is still somewhat overstated: read it with relative_change. |t| ≲ 2: no significant
+    trend."""
+    y = np.asarray(series, dtype=np.float64)
+    x = np.arange(y.size, dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
+    if y.ndim != 1 or y.size < 3 or x.shape != y.shape:
+        raise DiagnosticsError(f"series must be 1-D with at least 3 values and times of its shape, "
+                               f"got {y.shape} and {x.shape}")
+    if not (np.isfinite(y).all() and np.isfinite(x).all()):
+        raise DiagnosticsError("series and times must be finite")
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    if sxx == 0:
+        raise DiagnosticsError("times must not all be equal")
+    slope = float(xc @ y) / sxx
+    residual = y - y.mean() - slope * xc
+    rss = float(residual @ residual)
+    tau = 1.0
+    for lag in range(1, y.size - 1):
+        rho = float(residual[:-lag] @ residual[lag:]) / rss if rss > 0 else 0.0
+        if rho <= 0:
+            break
+        tau += 2 * rho
+    stderr = math.sqrt(rss / (y.size - 2) / sxx * tau)
+    t = slope / stderr if stderr > 0 else (0.0 if slope == 0 else math.copysign(math.inf, slope))
+    mean = float(y.mean())
+    return {"slope": slope, "stderr": stderr, "t": t, "correlation_time": tau,
+            "relative_change": slope * float(x.max() - x.min()) / mean if mean != 0 else math.inf}

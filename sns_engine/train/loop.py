@@ -161,14 +161,14 @@ class Trainer:
             group["lr"] = self.cfg.lr * self.cfg.lr_gamma ** (step // self.cfg.lr_step)
 
 
-def _checkpoint_paths(out: Path, kind: str) -> tuple[Path, Path]:
+def checkpoint_paths(out: Path, kind: str) -> tuple[Path, Path]:
     folder = out / "train"
     return folder / f"{kind}.safetensors", folder / f"{kind}.json"
 
 
 def save_checkpoint(out: Path, trainer: Trainer, history: list[dict[str, Any]]) -> None:
     """Training state (raw + EMA weights, optimizer) then the step record: resume restarts here."""
-    tensors_file, record_file = _checkpoint_paths(out, trainer.cfg.model)
+    tensors_file, record_file = checkpoint_paths(out, trainer.cfg.model)
     tensors_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = tensors_file.with_suffix(".tmp")
     save_file(trainer.state_tensors(), str(tmp))
@@ -204,7 +204,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
     schedule = CosineSchedule(cfg.num_levels)
     config = read_config(out) or new_config(system, store.normalisation, schedule)
     check_compatible(config, system, str(data))
-    tensors_file, record_file = _checkpoint_paths(out, cfg.model)
+    tensors_file, record_file = checkpoint_paths(out, cfg.model)
     if resume and not record_file.exists():
         raise TrainingError(f"nothing to resume: {record_file} does not exist; drop --resume")
     if not resume and (cfg.model in config["models"] or record_file.exists()) and not overwrite:

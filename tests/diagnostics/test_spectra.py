@@ -15,6 +15,7 @@ from sns_engine.diagnostics import (
     qg_layer_energy_spectra,
     relative_spectrum_error,
 )
+from sns_engine.diagnostics.spectra import log_spectrum_error, spectral_bands
 
 RTOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 SHAPES = [(16, 16), (3, 32, 32), (2, 3, 15, 15), (4, 17, 20)]
@@ -199,6 +200,52 @@ def test_relative_spectrum_error_by_hand():
             torch.testing.assert_close(errors[i, j], expected, rtol=1e-15, atol=0)
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_spectrum_error_is_symmetric_and_exact(dtype):
+    """S_ref·e^{±c} scores c whatever the sign per shell; batches match a float64 loop."""
+    reference = random_field((12,), torch.float64, seed=8).abs() + 0.1
+    c = 0.37
+    signs = torch.tensor([1.0, -1.0] * 6, dtype=torch.float64)
+    for factor in (c * torch.ones_like(signs), -c * torch.ones_like(signs), c * signs):
+        spectrum = reference * torch.exp(factor)
+        error = log_spectrum_error(spectrum.to(dtype), reference.to(dtype))
+        assert error.dtype == dtype
+        assert error.item() == pytest.approx(c, rel=1e-5 if dtype == torch.float32 else 1e-13)
+    batch = random_field((2, 3, 12), torch.float64, seed=9).abs() + 0.05
+    errors = log_spectrum_error(batch, reference)
+    assert errors.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            expected = sum(abs(math.log(batch[i, j, s].item() / reference[s].item()))
+                           for s in range(12)) / 12
+            assert errors[i, j].item() == pytest.approx(expected, rel=1e-13)
+
+
+def test_log_spectrum_error_of_a_vanishing_or_failed_spectrum_is_inf():
+    """A zero field is infinitely wrong (the relative error would give it 1); so is nan, and one
+    empty or negative shell; the other batch entries are unaffected."""
+    reference = random_field((6,), torch.float64, seed=10).abs() + 0.1
+    assert relative_spectrum_error(torch.zeros(6, dtype=torch.float64), reference).item() == 1.0
+    spectra = reference.repeat(5, 1) * 1.5
+    spectra[0] = 0.0
+    spectra[1, 3] = 0.0
+    spectra[2, 2] = math.nan
+    spectra[3, 5] = -1e-3
+    errors = log_spectrum_error(spectra, reference)
+    assert errors[:4].tolist() == [math.inf] * 4
+    assert errors[4].item() == pytest.approx(math.log(1.5), rel=1e-14)
+
+
+@pytest.mark.parametrize(("shells", "sizes"), [(3, [1, 1, 1]), (9, [3, 3, 3]), (10, [4, 3, 3]),
+                                               (11, [4, 4, 3]), (31, [11, 10, 10])])
+def test_spectral_bands_partition_the_shells(shells, sizes):
+    bands = spectral_bands(shells)
+    assert list(bands) == ["low", "mid", "high"]
+    covered = [i for band in bands.values() for i in range(shells)[band]]
+    assert covered == list(range(shells))  # contiguous, in order, each shell once
+    assert [len(range(shells)[band]) for band in bands.values()] == sizes
+
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: isotropic_spectrum(torch.ones(8, 8, dtype=torch.int64)), "float32 or float64"),
     (lambda: isotropic_spectrum(torch.rand(8, 8), shells="square"), "shells"),
@@ -209,6 +256,9 @@ def test_relative_spectrum_error_by_hand():
     (lambda: qg_layer_energy_spectra(torch.rand(2, 8, 8), length=1.0, f1=-1.0, f2=1.0), "f1"),
     (lambda: relative_spectrum_error(torch.rand(5), torch.rand(4)), "last (shell) axis"),
     (lambda: relative_spectrum_error(torch.rand(4), torch.zeros(4)), "no positive shell"),
+    (lambda: log_spectrum_error(torch.rand(5), torch.rand(4)), "last (shell) axis"),
+    (lambda: log_spectrum_error(torch.rand(4), torch.tensor([1.0, 0.0, 1.0, 1.0])), "positive and finite"),
+    (lambda: spectral_bands(2), "at least 3 shells"),
 ])
 def test_bad_inputs_are_named(call, message):
     with pytest.raises(DiagnosticsError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -1,7 +1,9 @@
-"""Statistics: W1 exact and sampled cases, AR(1) autocorrelation, rate of change, stability."""
+"""Statistics: W1 exact and sampled cases, AR(1) autocorrelation, rate of change, stability,
+sign test and trend."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import wasserstein_distance
@@ -15,6 +17,7 @@ from sns_engine.diagnostics import (
     survival_curve,
     wasserstein1,
 )
+from sns_engine.diagnostics.statistics import sign_test, stationarity
 
 
 def generator(seed):
@@ -133,6 +136,70 @@ def test_stability_time_and_survival():
     torch.testing.assert_close(fractions, tensor([1.0, 0.75, 0.75, 0.25, 0.25]))
 
 
+
+@pytest.mark.parametrize(("wins", "losses", "ties", "p_value"), [
+    (8, 0, 0, 2 / 256),                       # 2·P(X ≤ 0), X ~ B(8, ½)
+    (0, 8, 3, 2 / 256),
+    (7, 1, 2, 2 * (1 + 8) / 256),
+    (6, 4, 0, 2 * (1 + 10 + 45 + 120 + 210) / 1024),
+    (5, 5, 1, 1.0),                           # 2·P(X ≤ 5) > 1
+    (0, 0, 4, 1.0),                           # all tied: no evidence
+])
+def test_sign_test_by_hand(wins, losses, ties, p_value):
+    gen = np.random.default_rng(wins * 100 + losses * 10 + ties)
+    base = gen.uniform(0.5, 2.0, wins + losses + ties)
+    step = np.concatenate([-gen.uniform(0.01, 1, wins), gen.uniform(0.01, 1, losses), np.zeros(ties)])
+    order = gen.permutation(base.size)
+    a, b = (base + step)[order], base[order]
+    result = sign_test(a.tolist(), b.tolist())
+    assert (result["wins"], result["losses"], result["ties"]) == (wins, losses, ties)
+    assert result["p_value"] == pytest.approx(p_value, rel=1e-14)
+
+
+def test_sign_test_counts_none_as_beyond_the_horizon():
+    """Stability times, higher is better: negated; None (never unstable) is +inf."""
+    a, b = [None, 3.0, None, 1.0], [None, 2.0, 5.0, 4.0]
+    result = sign_test([-math.inf if x is None else -x for x in a],
+                       [-math.inf if x is None else -x for x in b])
+    assert (result["wins"], result["losses"], result["ties"]) == (2, 1, 1)
+    assert sign_test(a, b)["ties"] == 1
+
+
+def test_stationarity_against_least_squares():
+    gen = np.random.default_rng(11)
+    times = np.sort(gen.uniform(0, 50, 40))
+    series = 4.0 + 0.03 * times + gen.standard_normal(40) * 0.2
+    trend = stationarity(series, times)
+    design = np.stack([np.ones_like(times), times], axis=1)
+    coef, rss, *_ = np.linalg.lstsq(design, series, rcond=None)
+    plain = math.sqrt(rss[0] / 38 * np.linalg.inv(design.T @ design)[1, 1])
+    residual = series - design @ coef
+    rho = [residual[:-k] @ residual[k:] / (residual @ residual) for k in range(1, 39)]
+    positive = next(i for i, r in enumerate(rho) if r <= 0)
+    tau = 1 + 2 * sum(rho[:positive])
+    assert trend["slope"] == pytest.approx(coef[1], rel=1e-10)
+    assert trend["correlation_time"] == pytest.approx(tau, rel=1e-10)
+    assert trend["stderr"] == pytest.approx(plain * math.sqrt(tau), rel=1e-10)
+    assert trend["t"] == pytest.approx(coef[1] / (plain * math.sqrt(tau)), rel=1e-10)
+    assert trend["relative_change"] == pytest.approx(coef[1] * (times[-1] - times[0]) / series.mean(),
+                                                     rel=1e-10)
+
+
+def test_stationarity_tells_a_trend_from_correlated_noise():
+    exact = stationarity([3.0, 3.5, 4.0, 4.5])  # times 0, 1, 2, 3: no residual
+    assert (exact["slope"], exact["stderr"], exact["t"]) == (0.5, 0.0, math.inf)
+    assert exact["relative_change"] == pytest.approx(1.5 / 3.75, rel=1e-15)
+    gen = np.random.default_rng(12)
+    x, ar1 = 0.0, []
+    for _ in range(2000):  # AR(1), ρ = 0.9: correlation time (1 + ρ)/(1 − ρ) = 19 samples
+        x = 0.9 * x + math.sqrt(1 - 0.81) * gen.standard_normal()
+        ar1.append(x)
+    noise = stationarity(np.array(ar1) + 10)
+    assert 10 < noise["correlation_time"] < 30
+    assert abs(noise["t"]) < 3 and abs(noise["relative_change"]) < 0.05
+    drift = stationarity(np.array(ar1) + 10 + 1e-3 * np.arange(2000))  # +2 on a mean of 11
+    assert drift["t"] > 5 and drift["relative_change"] == pytest.approx(2 / 11, abs=0.03)
+
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: wasserstein1(torch.rand(3), torch.rand(0)), "non-empty"),
     (lambda: wasserstein1(torch.rand(3), torch.arange(3)), "float32 or float64"),
@@ -143,6 +210,11 @@ def test_stability_time_and_survival():
     (lambda: rate_of_change(torch.rand(2, 1, 1, 4, 4)), "T ≥ 2"),
     (lambda: stability_time(torch.rand(5), 1.0, 1.0), r"\(B, T\)"),
     (lambda: survival_curve(torch.rand(0), torch.rand(3)), "non-empty"),
+    (lambda: sign_test([1.0, 2.0], [1.0]), "paired"),
+    (lambda: sign_test([math.nan], [1.0]), "nan"),
+    (lambda: stationarity([1.0, 2.0]), "at least 3"),
+    (lambda: stationarity([1.0, 2.0, math.inf]), "finite"),
+    (lambda: stationarity([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]), "all be equal"),
 ])
 def test_bad_inputs_are_named(call, message):
     with pytest.raises(DiagnosticsError, match=message):

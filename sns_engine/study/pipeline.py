@@ -1,0 +1,394 @@
+"""The study pipeline: solver data → models → plan → one rollout per method → evaluation → report.
+
+    run_study("kolmogorov", "cpu", "out/study", bundle="out/bundle", members=16, horizon=6000)
+    → out/study/report.md
+
+Every method rolls out the same members from the same initial states: the first snapshots of the
+*solver control* ensemble, which is the solver itself run from those states. The control is
+evaluated exactly like a method: its errors against the reference are the *solver floor*, the
+error a perfect surrogate would show at this ensemble size. Layout of a study directory:
+
+    study.json                   the settings; a rerun with other settings is refused
+    stages.json                  per stage: "ran" / "skipped", wall and CPU seconds
+    data/train.zarr              training store (seed s; not made when a bundle is given)
+    data/reference.zarr          reference store (seed s + 1), stored every save_every model steps
+    data/control.zarr            solver control (seed s + 2): the members' initial states and the floor
+    bundle/                      emulator, refiner, thermalizer (only those the methods need)
+    plan.json, plan.md           methods with every setting resolved and the pass/fail criteria,
+                                 written before the first rollout and never rewritten after it
+    rollouts/<method>.zarr       ensemble store;  rollouts/<method>.json  measured cost
+    reports/<method>.json        `diagnostics.evaluate.evaluate` report (reports/solver.json: floor)
+    metrics.json, report.md, figures/*.png, figures/<method>/*.png
+
+Every stage is resumable and skipped when its output is complete and nothing upstream of it ran
+in this invocation: data and rollouts continue where a killed run stopped (the stores resume by
+themselves), training continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sns_engine.config import RolloutConfig, to_dict, write_json
+from sns_engine.study.config import Method, StudyConfig, StudyError, slug
+
+if TYPE_CHECKING:
+    from sns_engine.engine.rollout import EngineStats
+
+SOLVER = "solver"             # the control ensemble's label in reports and tables
+MATCH_TOLERANCE = 0.10        # a matched Thermalizer's cost is within ±10 % of its target's
+THERMALIZER_CANDIDATES = (1, 2, 3, 4, 5, 6, 8, 11, 15, 20, 30, 50)  # starts tried by match=
+DATA_ONLY = ("spinup_steps", "steps_per_snapshot")  # solver parameters that do not change the system
+
+
+class StageLog:
+    """What this invocation did per stage ("ran" / "skipped"), its wall and CPU seconds (this
+    process, all threads), kept in `stages.json` (rewritten after every stage)."""
+
+    def __init__(self, path: Path):
+        self.path, self.stages = path, {}
+
+    @contextmanager
+    def stage(self, name: str, run: bool) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.stages[name] = {"action": "ran" if run else "skipped",
+                             "seconds": round(time.perf_counter() - wall, 3),
+                             "cpu_seconds": round(time.process_time() - cpu, 3)}
+        write_json(self.path, self.stages)
+
+    def ran(self, *prefixes: str) -> bool:
+        """Whether a stage starting with one of `prefixes` ran in this invocation."""
+        return any(s.startswith(prefixes) and v["action"] == "ran" for s, v in self.stages.items())
+
+
+def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, quiet: bool = True,
+              device: str | None = None, **settings: Any) -> Path:
+    """Run (or resume) the study of `system` into the folder `out`; returns its report.md.
+
+    `settings` are further StudyConfig fields (bundle, trajectories, snapshots, train_steps,
+    members, horizon, overrides, train, rollout, methods, criteria, ...)."""
+    from sns_engine.study.report import write_report
+    from sns_engine.systems import get_system
+
+    cfg = StudyConfig(system=system, preset=preset, **settings)
+    solver = get_system(cfg.system, cfg.preset, **cfg.overrides)  # checks names before any write
+    out = Path(out)
+    _claim(out, cfg)
+    log = StageLog(out / "stages.json")
+    stores = _data_stage(cfg, solver, out, log, quiet)
+    del solver  # a QG solver's worker processes stop with it
+    bundle = Path(cfg.bundle) if cfg.bundle is not None else out / "bundle"
+    if cfg.bundle is None:
+        for kind in cfg.models:
+            _train_stage(cfg, kind, stores["train"], bundle, log, quiet, device)
+    missing = _check_bundle(cfg, bundle, stores["control"])
+    plan = _plan_stage(cfg, out, bundle, stores, missing, log, device)
+    costs = _rollout_stage(cfg, plan, out, bundle, stores["control"], log, quiet, device)
+    reports = _evaluate_stage(cfg, plan, out, stores, log)
+    report = out / "report.md"
+    run = not report.exists() or log.ran("data", "train", "plan", "rollout", "evaluate")
+    if plan["pending"] and not quiet:
+        print(f"waiting for models {missing}: methods {plan['pending']} are not rolled out yet; "
+              "rerun the same command once the bundle holds them")
+    with log.stage("report", run):
+        if run:
+            write_report(cfg, out, plan, reports, costs, log.stages)
+    return report
+
+
+def _claim(out: Path, cfg: StudyConfig) -> None:
+    """Write study.json, or check that the study already in `out` has the same settings."""
+    settings = to_dict(cfg)
+    file = out / "study.json"
+    if file.exists():
+        old = json.loads(file.read_text())
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise StudyError(f"{out} holds a study with other {changed} "
+                             f"(there: { {k: old.get(k) for k in changed} }); rerun it with its "
+                             "own settings (see its report.md) or use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(file, settings)
+
+
+# ------------------------------------------------------------------------------ data
+def _data_stage(cfg: StudyConfig, solver, out: Path, log: StageLog, quiet: bool) -> dict[str, Path]:
+    """Training store (unless a bundle is given), reference and control stores. Reference and
+    control are stored every `save_every` model steps, after `reference_spinup` solver steps."""
+    from sns_engine.data import TrajectoryStore, generate
+    from sns_engine.systems import get_system
+
+    long_run = {"steps_per_snapshot": solver.params.steps_per_snapshot * cfg.save_every}
+    if cfg.reference_spinup is not None:
+        long_run["spinup_steps"] = cfg.reference_spinup
+    held_out = get_system(cfg.system, cfg.preset, **{**cfg.overrides, **long_run})
+    controls = cfg.horizon // cfg.save_every + 1    # the initial state, then one per saved state
+    jobs = [("reference", held_out, cfg.reference_trajectories, cfg.reference_snapshots, 1),
+            ("control", held_out, cfg.members, controls, 2)]
+    if cfg.bundle is None:
+        jobs.insert(0, ("train", solver, cfg.trajectories, cfg.snapshots, 0))
+    stores = {}
+    for name, system, trajectories, snapshots, offset in jobs:
+        path = stores[name] = out / "data" / f"{name}.zarr"
+        done = path.exists() and TrajectoryStore(path).complete
+        with log.stage(f"data/{name}", not done):
+            # generate checks that an existing store has this spec and returns at once if complete
+            generate(system, path, trajectories, snapshots, seed=cfg.seed + offset,
+                     trajectory_batch=cfg.trajectory_batch, quiet=quiet)
+    return stores
+
+
+def _train_stage(cfg: StudyConfig, kind: str, data: Path, bundle: Path, log: StageLog,
+                 quiet: bool, device: str | None) -> None:
+    """Train `kind` into the bundle: skipped when its final step is there, resumed from its
+    checkpoint otherwise (trained anew if the training data was regenerated in this run)."""
+    from sns_engine.bundle import read_config
+    from sns_engine.train.loop import checkpoint_paths, train
+
+    train_cfg = cfg.train_config(kind)
+    fresh = log.ran("data/train")
+    entry = (read_config(bundle) or {}).get("models", {}).get(kind, {})
+    run = entry.get("step") != train_cfg.steps or fresh
+    with log.stage(f"train/{kind}", run):
+        if run:
+            resume = checkpoint_paths(bundle, kind)[1].exists() and not fresh
+            train(train_cfg, data, bundle, resume=resume, overwrite=not resume, quiet=quiet,
+                  device=device)
+
+
+def _check_bundle(cfg: StudyConfig, bundle: Path, control: Path) -> list[str]:
+    """The bundle's system is this study's (up to the solver parameters that only change how
+    data is stored); returns the models the methods need that it does not hold yet (their
+    methods wait: `pending`)."""
+    from sns_engine.bundle import read_config
+    from sns_engine.data import TrajectoryStore
+
+    config = read_config(bundle)
+    if config is None:
+        raise StudyError(f"{bundle} is not a bundle (no config.json)")
+    if "emulator" not in config.get("models", {}):
+        raise StudyError(f"bundle {bundle} has no emulator; every method needs one")
+    ours, theirs = TrajectoryStore(control).spec, config["system"]
+    params = {k: v for k, v in ours.params.items() if k not in DATA_ONLY}
+    trained = {k: v for k, v in theirs["params"].items() if k not in DATA_ONLY}
+    if (ours.system, ours.preset, ours.grid, params) != (theirs["name"], theirs["preset"],
+                                                         theirs["grid"], trained):
+        changed = sorted(k for k in set(params) | set(trained) if params.get(k) != trained.get(k))
+        raise StudyError(f"bundle {bundle} was trained on {theirs['name']}/{theirs['preset']} "
+                         f"{theirs['grid']}² (parameters differing from this study's: {changed})")
+    stored = theirs["snapshot_dt"] * cfg.save_every
+    if not math.isclose(stored, ours.snapshot_dt, rel_tol=1e-9):
+        raise StudyError(f"bundle {bundle} steps {theirs['snapshot_dt']} per model step, so the "
+                         f"study stores every {stored}, but its solver stores every "
+                         f"{ours.snapshot_dt}")
+    return [m for m in cfg.models if m not in config["models"]]
+
+
+def initial_states(control: Path, count: int) -> torch.Tensor:
+    """The first snapshot of each control trajectory (count, C, H, W), physical units: the state
+    every method's member starts from."""
+    from sns_engine.data import TrajectoryStore
+
+    store = TrajectoryStore(control)
+    return torch.from_numpy(np.asarray(store.fields[:count, 0]))
+
+
+# ------------------------------------------------------------------------------ plan
+def _plan_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, stores: dict[str, Path],
+                missing: list[str], log: StageLog, device: str | None) -> dict[str, Any]:
+    """Write the pass/fail criteria and every method's resolved settings (calibrated thresholds,
+    matched Thermalizer starts) into plan.json / plan.md before any rollout. A method whose
+    model the bundle lacks stays `pending` (its rule is in the plan, its resolution waits) and is
+    resolved by a later run once the model exists: a pilot of its cost, never an outcome. The
+    criteria and resolved methods are never rewritten once a rollout exists."""
+    file = out / "plan.json"
+    rolled = any((out / "rollouts").glob("*.json"))
+    fresh = not file.exists() or (log.ran("data", "train") and not rolled)
+    plan = None if fresh else json.loads(file.read_text())
+    waiting = cfg.methods if plan is None else plan["pending"]
+    ready = [m for m in cfg.method_specs if m.label in waiting and m.model not in missing]
+    with log.stage("plan" if fresh else "plan/pending", bool(fresh or ready)):
+        if not (fresh or ready):
+            return plan
+        from sns_engine.bundle import load_bundle
+        from sns_engine.calibration import clean_threshold
+
+        if plan is None:
+            plan = {"methods": {}, "pending": list(cfg.methods), "calibration": None,
+                    "pilots": {}, "criteria": to_dict(cfg.criteria),
+                    "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        bundle = load_bundle(bundle_dir, _device(device))
+        if plan["calibration"] is None and any(m.settings.get("threshold") == "calibrated"
+                                               for m in ready):
+            data = cfg.calibration_data or stores["train"]
+            plan["calibration"] = clean_threshold(bundle, data, cfg.calibration_quantile,
+                                                  seed=cfg.seed)
+        initial = initial_states(stores["control"], cfg.members)
+        for m in sorted(ready, key=lambda m: "match" in m.settings):  # targets first
+            settings = _resolved(cfg, m, plan["calibration"])
+            if "match" in m.settings:
+                target = plan["methods"].get(m.settings["match"])
+                if target is None:  # its target waits for a model too
+                    continue
+                pilot = _match_thermalizer(cfg, bundle, initial, target, settings)
+                plan["pilots"][m.label] = {**pilot, "match": m.settings["match"]}
+                settings.update(pilot["chosen"])
+            plan["methods"][m.label] = settings
+            plan["pending"].remove(m.label)
+            if not fresh:
+                plan.setdefault("resolved_later", {})[m.label] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        write_json(file, plan)
+        from sns_engine.study.report import plan_text
+
+        (out / "plan.md").write_text(plan_text(cfg, plan))
+    return plan
+
+
+def _resolved(cfg: StudyConfig, m: Method, calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """The rollout settings of method `m` (study-wide settings, then the method's own)."""
+    settings = {**cfg.rollout, **{k: v for k, v in m.settings.items() if k != "match"},
+                "path": m.path}
+    if settings.get("threshold") == "calibrated":
+        settings["threshold"] = calibration["threshold"]
+    return settings
+
+
+def _match_thermalizer(cfg: StudyConfig, bundle, initial: torch.Tensor, target: dict[str, Any],
+                       own: dict[str, Any]) -> dict[str, Any]:
+    """Pilot rollouts (`pilot_steps` steps, the study's members): the target's FLOPs per
+    member-step, then the Thermalizer's at each candidate start (stop below it); the chosen start
+    is the candidate whose cost is closest to the target's."""
+    goal = pilot_cost(cfg, bundle, initial, target)
+    stop = own.get("thermalizer_stop", RolloutConfig.thermalizer_stop)
+    trials = []
+    for start in THERMALIZER_CANDIDATES:
+        settings = {**own, "thermalizer_start": start, "thermalizer_stop": min(stop, start - 1)}
+        trials.append({"thermalizer_start": start, "thermalizer_stop": settings["thermalizer_stop"],
+                       **pilot_cost(cfg, bundle, initial, settings)})
+    best = min(trials, key=lambda t: (abs(t["flops_per_member_step"] / goal["flops_per_member_step"]
+                                          - 1), -t["thermalizer_start"]))
+    ratio = best["flops_per_member_step"] / goal["flops_per_member_step"]
+    return {"target_cost": goal, "trials": trials, "ratio": ratio,
+            "within_tolerance": abs(ratio - 1) <= MATCH_TOLERANCE,
+            "chosen": {k: best[k] for k in ("thermalizer_start", "thermalizer_stop")}}
+
+
+def pilot_cost(cfg: StudyConfig, bundle, initial: torch.Tensor,
+               settings: dict[str, Any]) -> dict[str, float]:
+    """Work per member-step of a `pilot_steps` in-memory rollout with `settings`."""
+    from sns_engine.engine.ensemble import rollout
+
+    steps = cfg.pilot_steps
+    options = {k: v for k, v in settings.items() if k != "path"}
+    result = rollout(bundle, batch=len(initial), steps=steps, path=settings["path"],
+                     initial=initial, seed=cfg.seed, quiet=True, device=str(initial.device),
+                     **options)
+    return work_per_member_step(result.stats, len(initial))
+
+
+def work_per_member_step(stats: EngineStats, members: int) -> dict[str, float]:
+    """Network work per member and physical step: member-forwards (full forwards incl. the
+    emulator's), levels-only passes, FLOPs (both)."""
+    member_steps = max(stats.physical_steps, 1) * members
+    return {"member_forwards_per_member_step": stats.useful_member_forwards / member_steps,
+            "level_passes_per_step": stats.level_passes / max(stats.physical_steps, 1),
+            "flops_per_member_step": stats.useful_flops / member_steps}
+
+
+# ------------------------------------------------------------------------------ rollouts
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _rollout_stage(cfg: StudyConfig, plan: dict[str, Any], out: Path, bundle_dir: Path,
+                   control: Path, log: StageLog, quiet: bool,
+                   device: str | None) -> dict[str, dict[str, Any]]:
+    """Roll out every method from the control's initial states; returns the cost per method."""
+    from sns_engine.bundle import load_bundle
+
+    fresh = log.ran("data", "train") or log.stages.get("plan", {}).get("action") == "ran"
+    costs: dict[str, dict[str, Any]] = {}
+    bundle = initial = None
+    for label in (m for m in cfg.methods if m in plan["methods"]):
+        settings = plan["methods"][label]
+        store, cost_file = (out / "rollouts" / f"{slug(label)}.zarr",
+                            out / "rollouts" / f"{slug(label)}.json")
+        run = not cost_file.exists() or fresh
+        with log.stage(f"rollout/{label}", run):
+            if not run:
+                costs[label] = json.loads(cost_file.read_text())
+                continue
+            if bundle is None:
+                bundle = load_bundle(bundle_dir, _device(device))
+                initial = initial_states(control, cfg.members)
+            costs[label] = roll_out(cfg, settings, bundle, initial, store,
+                                    resume=store.exists() and not fresh, quiet=quiet, device=device)
+            cost_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cost_file, costs[label])
+    return costs
+
+
+def roll_out(cfg: StudyConfig, settings: dict[str, Any], bundle, initial: torch.Tensor,
+             store: Path, resume: bool, quiet: bool = True,
+             device: str | None = None) -> dict[str, Any]:
+    """Roll out the study's members from `initial` with the resolved `settings` into `store`
+    (continuing it with `resume`, replacing it otherwise); returns its cost (`rollout_cost`)."""
+    from sns_engine.engine.ensemble import rollout
+
+    options = {k: v for k, v in settings.items() if k != "path"}
+    start = time.perf_counter()
+    result = rollout(bundle, batch=cfg.members, steps=cfg.horizon, path=settings["path"],
+                     initial=initial, out=store, device=device, seed=cfg.seed,
+                     save_every=cfg.save_every, resume=resume, overwrite=not resume, quiet=quiet,
+                     **options)
+    return rollout_cost(result.stats, time.perf_counter() - start, cfg.members)
+
+
+def rollout_cost(stats: EngineStats, wall: float, members: int) -> dict[str, Any]:
+    """Cost per physical step of a rollout from its EngineStats and measured wall seconds
+    (engine start-up and store writes included). A run resumed after its last step measured
+    nothing: its costs are None."""
+    steps = stats.physical_steps
+    per_step = (lambda x: x / steps) if steps else (lambda x: None)
+    work = work_per_member_step(stats, members) if steps else {}
+    return {"physical_steps_measured": steps, "wall_seconds": wall,
+            "seconds_per_step": per_step(wall), "forwards_per_step": per_step(stats.forwards),
+            "member_forwards_per_member_step": work.get("member_forwards_per_member_step"),
+            "flops_per_member_step": work.get("flops_per_member_step"),
+            "useful_fraction": stats.useful_fraction if steps else None}
+
+
+# ------------------------------------------------------------------------------ evaluation
+def _evaluate_stage(cfg: StudyConfig, plan: dict[str, Any], out: Path, stores: dict[str, Path],
+                    log: StageLog) -> dict[str, dict[str, Any]]:
+    """Evaluate every method and the solver control (from its second snapshot, aligned with the
+    methods' first saved state) against the reference."""
+    from sns_engine.diagnostics.evaluate import evaluate
+
+    reports = {}
+    for label in (SOLVER, *(m for m in cfg.methods if m not in plan["pending"])):
+        file = out / "reports" / f"{slug(label)}.json"
+        source = f"data/{SOLVER}" if label == SOLVER else f"rollout/{label}"
+        run = not file.exists() or log.ran("data/reference", "data/control", source)
+        with log.stage(f"evaluate/{label}", run):
+            if run:
+                ensemble, start = ((stores["control"], 1) if label == SOLVER
+                                   else (out / "rollouts" / f"{slug(label)}.zarr", 0))
+                reports[label] = evaluate(ensemble, stores["reference"], windows=cfg.windows,
+                                          threshold=cfg.stability_threshold, start=start)
+                file.parent.mkdir(parents=True, exist_ok=True)
+                write_json(file, reports[label])
+            else:
+                reports[label] = json.loads(file.read_text())
+    return reports
