@@ -172,7 +172,8 @@ def cmd_study(args: argparse.Namespace) -> None:
                          **_overrides("--" + option.replace("_", "-"), getattr(args, option))}
     system = get_system(settings["system"], settings.get("preset", StudyConfig.preset))
     check_types(type(system.params), settings["overrides"])  # before any stage runs
-    report = run_study(out=args.out, quiet=args.quiet, device=args.device, **settings)
+    report = run_study(out=args.out, quiet=args.quiet, device=args.device, only=args.only,
+                       **settings)
     if not args.quiet:
         print(f"wrote {report}")
 
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "path[key=value,...], e.g. left_down[threshold=calibrated], "
                         "thermalizer[match=left_down] (default: the recipe's, else "
                         f"{' '.join(METHODS)})")
+    p.add_argument("--only", nargs="+", metavar="METHOD",
+                   help="roll out only these of the study's methods (several invocations can share "
+                        "the work); the report covers what is rolled out so far")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a system parameter, e.g. --set spinup_steps=300 (repeatable)")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +51,9 @@ DATA_ONLY = ("spinup_steps", "steps_per_snapshot")  # solver parameters that do 
 
 
 class StageLog:
-    """What this invocation did per stage ("ran" / "skipped"), its wall and CPU seconds (this
-    process, all threads), kept in `stages.json` (rewritten after every stage)."""
+    """Per stage: what this invocation did ("ran" / "skipped") and its wall and CPU seconds (this
+    process, all threads), and `last_run`, the cost of the last invocation that ran it (kept
+    across invocations, also when several share a study), in `stages.json`."""
 
     def __init__(self, path: Path):
         self.path, self.stages = path, {}
@@ -61,26 +62,42 @@ class StageLog:
     def stage(self, name: str, run: bool) -> Iterator[None]:
         wall, cpu = time.perf_counter(), time.process_time()
         yield
-        self.stages[name] = {"action": "ran" if run else "skipped",
-                             "seconds": round(time.perf_counter() - wall, 3),
-                             "cpu_seconds": round(time.process_time() - cpu, 3)}
-        write_json(self.path, self.stages)
+        entry = {"action": "ran" if run else "skipped",
+                 "seconds": round(time.perf_counter() - wall, 3),
+                 "cpu_seconds": round(time.process_time() - cpu, 3)}
+        on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if run:
+            entry["last_run"] = {"seconds": entry["seconds"], "cpu_seconds": entry["cpu_seconds"],
+                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        elif "last_run" in on_disk.get(name, {}):
+            entry["last_run"] = on_disk[name]["last_run"]
+        self.stages[name] = entry
+        write_json(self.path, {**on_disk, name: entry})
 
     def ran(self, *prefixes: str) -> bool:
-        """Whether a stage starting with one of `prefixes` ran in this invocation."""
-        return any(s.startswith(prefixes) and v["action"] == "ran" for s, v in self.stages.items())
+        """Whether a stage named one of `prefixes`, or inside one (`data` → `data/train`), ran in
+        this invocation."""
+        return any(v["action"] == "ran" and any(s == p or s.startswith(p + "/") for p in prefixes)
+                   for s, v in self.stages.items())
 
 
 def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, quiet: bool = True,
-              device: str | None = None, **settings: Any) -> Path:
+              device: str | None = None, only: Sequence[str] | None = None,
+              **settings: Any) -> Path:
     """Run (or resume) the study of `system` into the folder `out`; returns its report.md.
 
     `settings` are further StudyConfig fields (bundle, trajectories, snapshots, train_steps,
-    members, horizon, overrides, train, rollout, methods, criteria, ...)."""
+    members, horizon, overrides, train, rollout, methods, criteria, ...). `only` rolls out just
+    those methods (several invocations can share the work); the report then covers every method
+    rolled out so far and names the others."""
     from sns_engine.study.report import write_report
     from sns_engine.systems import get_system
 
     cfg = StudyConfig(system=system, preset=preset, **settings)
+    unknown = sorted(set(only or ()) - set(cfg.methods))
+    if unknown:
+        raise StudyError(f"only names methods the study does not have: {unknown}; its methods: "
+                         f"{list(cfg.methods)}")
     solver = get_system(cfg.system, cfg.preset, **cfg.overrides)  # checks names before any write
     out = Path(out)
     _claim(out, cfg)
@@ -93,8 +110,8 @@ def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, qu
             _train_stage(cfg, kind, stores["train"], bundle, log, quiet, device)
     missing = _check_bundle(cfg, bundle, stores["control"])
     plan = _plan_stage(cfg, out, bundle, stores, missing, log, device)
-    costs = _rollout_stage(cfg, plan, out, bundle, stores["control"], log, quiet, device)
-    reports = _evaluate_stage(cfg, plan, out, stores, log)
+    costs = _rollout_stage(cfg, plan, out, bundle, stores["control"], log, quiet, device, only)
+    reports = _evaluate_stage(cfg, costs, out, stores, log)
     report = out / "report.md"
     run = not report.exists() or log.ran("data", "train", "plan", "rollout", "evaluate")
     if plan["pending"] and not quiet:
@@ -102,7 +119,7 @@ def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, qu
               "rerun the same command once the bundle holds them")
     with log.stage("report", run):
         if run:
-            write_report(cfg, out, plan, reports, costs, log.stages)
+            write_report(cfg, out, plan, reports, costs, json.loads(log.path.read_text()))
     return report
 
 
@@ -218,7 +235,7 @@ def _plan_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, stores: dict[str,
     plan = None if fresh else json.loads(file.read_text())
     waiting = cfg.methods if plan is None else plan["pending"]
     ready = [m for m in cfg.method_specs if m.label in waiting and m.model not in missing]
-    with log.stage("plan" if fresh else "plan/pending", bool(fresh or ready)):
+    with log.stage("plan", bool(fresh or ready)):
         if not (fresh or ready):
             return plan
         from sns_engine.bundle import load_bundle
@@ -312,12 +329,13 @@ def _device(device: str | None) -> torch.device:
 
 
 def _rollout_stage(cfg: StudyConfig, plan: dict[str, Any], out: Path, bundle_dir: Path,
-                   control: Path, log: StageLog, quiet: bool,
-                   device: str | None) -> dict[str, dict[str, Any]]:
-    """Roll out every method from the control's initial states; returns the cost per method."""
+                   control: Path, log: StageLog, quiet: bool, device: str | None,
+                   only: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """Roll out every resolved method (or those in `only`) from the control's initial states;
+    returns the cost of every method rolled out so far."""
     from sns_engine.bundle import load_bundle
 
-    fresh = log.ran("data", "train") or log.stages.get("plan", {}).get("action") == "ran"
+    fresh = log.ran("data", "train") or (log.ran("plan") and not plan.get("resolved_later"))
     costs: dict[str, dict[str, Any]] = {}
     bundle = initial = None
     for label in (m for m in cfg.methods if m in plan["methods"]):
@@ -325,6 +343,10 @@ def _rollout_stage(cfg: StudyConfig, plan: dict[str, Any], out: Path, bundle_dir
         store, cost_file = (out / "rollouts" / f"{slug(label)}.zarr",
                             out / "rollouts" / f"{slug(label)}.json")
         run = not cost_file.exists() or fresh
+        if only is not None and label not in only:
+            if not run:
+                costs[label] = json.loads(cost_file.read_text())
+            continue
         with log.stage(f"rollout/{label}", run):
             if not run:
                 costs[label] = json.loads(cost_file.read_text())
@@ -370,14 +392,14 @@ def rollout_cost(stats: EngineStats, wall: float, members: int) -> dict[str, Any
 
 
 # ------------------------------------------------------------------------------ evaluation
-def _evaluate_stage(cfg: StudyConfig, plan: dict[str, Any], out: Path, stores: dict[str, Path],
+def _evaluate_stage(cfg: StudyConfig, costs: dict[str, Any], out: Path, stores: dict[str, Path],
                     log: StageLog) -> dict[str, dict[str, Any]]:
-    """Evaluate every method and the solver control (from its second snapshot, aligned with the
-    methods' first saved state) against the reference."""
+    """Evaluate every method rolled out and the solver control (from its second snapshot,
+    aligned with the methods' first saved state) against the reference."""
     from sns_engine.diagnostics.evaluate import evaluate
 
     reports = {}
-    for label in (SOLVER, *(m for m in cfg.methods if m not in plan["pending"])):
+    for label in (SOLVER, *(m for m in cfg.methods if m in costs)):
         file = out / "reports" / f"{slug(label)}.json"
         source = f"data/{SOLVER}" if label == SOLVER else f"rollout/{label}"
         run = not file.exists() or log.ran("data/reference", "data/control", source)

@@ -122,7 +122,7 @@ def judge(cfg: StudyConfig, plan: dict[str, Any],
     """The pre-registered criteria against the reports: one entry per criterion and method."""
     c, floor = plan["criteria"], reports[SOLVER]
     verdicts = []
-    for m in (m for m in cfg.methods if m in plan["methods"]):
+    for m in (m for m in cfg.methods if m in reports):
         path = plan["methods"][m]["path"]
         r = reports[m]
         if path == "emulator":
@@ -157,6 +157,8 @@ def judge(cfg: StudyConfig, plan: dict[str, Any],
                            f"{energy:.3g} (need ≤ {c['energy_tolerance']:g})"})
     for m, pilot in plan.get("pilots", {}).items():
         target = pilot["match"]
+        if m not in reports or target not in reports:
+            continue
         taus = {who: (reports[who].get("autocorrelation") or {}).get("decorrelation_time", {})
                 for who in (m, target)}
         solver = taus[target].get("reference")
@@ -183,11 +185,12 @@ def sign_tests(plan: dict[str, Any], reports: dict[str, dict[str, Any]]) -> dict
         per_curve = reports[label]["per_member"]["last_window_spectrum_error"].values()
         return np.mean(list(per_curve), axis=0).tolist()
 
-    baselines = [m for m, s in plan["methods"].items() if get_path(s["path"]).model != "refiner"]
+    done = {m: s for m, s in plan["methods"].items() if m in reports}
+    baselines = [m for m, s in done.items() if get_path(s["path"]).model != "refiner"]
     if not baselines:
         return {}
     best = min(baselines, key=lambda m: float(np.mean(errors(m))))
-    tests = {m: sign_test(errors(m), errors(best)) for m, s in plan["methods"].items()
+    tests = {m: sign_test(errors(m), errors(best)) for m, s in done.items()
              if get_path(s["path"]).model == "refiner"}
     return {"baseline": best, "tests": tests}
 
@@ -202,7 +205,8 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
 
     spec = TrajectoryStore(out / "data" / "reference.zarr").spec
     channels = list(spec.channel_names)
-    labels = [SOLVER, *(m for m in cfg.methods if m in plan["methods"])]
+    labels = [SOLVER, *(m for m in cfg.methods if m in reports)]
+    missing = [m for m in cfg.methods if m not in reports]
     summaries = {m: summarize(reports[m], costs.get(m)) for m in labels}
     verdicts = judge(cfg, plan, reports)
     tests = sign_tests(plan, reports)
@@ -227,8 +231,9 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
         f"channels {', '.join(channels)}, one saved state every {spec.snapshot_dt:.4g} time units; "
         f"models from {cfg.bundle or 'bundle/ (trained here)'}. Horizon {cfg.horizon} model steps "
         f"({summaries[SOLVER]['horizon_time']:.3g} time units), {cfg.windows} windows.", "",
-        *([f"**Incomplete**: {', '.join(plan['pending'])} not rolled out yet (their model is not "
-            "in the bundle); rerun the study's command once it is.", ""] if plan["pending"] else []),
+        *([f"**Incomplete**: {', '.join(missing)} not rolled out yet (pending: "
+            f"{', '.join(plan['pending']) or 'none'}, waiting for a model); rerun the study's "
+            "command to complete it.", ""] if missing else []),
         "## Pre-registered criteria and what held", "",
         f"Written into [plan.md](plan.md) at {plan['written']}, before the first rollout.", "",
         *_table(["criterion", "method", "held", "numbers"],
@@ -245,10 +250,13 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
         "## Per window", ""]
     for m in labels:
         lines += _window_section(m, reports[m], floor, channels)
+    ran = {s: v["last_run"] for s, v in stages.items() if "last_run" in v}
     lines += ["## Cost of each stage (this machine)", "",
-              *_table(["stage", "action", "wall seconds", "CPU seconds"],
-                      [[s, v["action"], f"{v['seconds']:.0f}", f"{v.get('cpu_seconds', 0):.0f}"]
-                       for s, v in stages.items()]), "",
+              "The last run of each stage (a stage resumed after a kill counts only its last part; "
+              "CPU seconds are this process's, all threads).", "",
+              *_table(["stage", "finished", "wall seconds", "CPU seconds"],
+                      [[s, v["finished"], f"{v['seconds']:.0f}", f"{v['cpu_seconds']:.0f}"]
+                       for s, v in sorted(ran.items())]), "",
               "## Figures", "", *(f"![{p.stem}](figures/{p.name})" for p in figures), "",
               "Per-method figures: " + ", ".join(f"[{m}](figures/{slug(m)}/)" for m in labels), ""]
     report = out / "report.md"

@@ -72,9 +72,19 @@ def test_study_with_a_bundle_resolves_its_plan_first_and_resumes(tiny_kolmogorov
             "--reference-trajectories", 2, "--reference-snapshots", 6, "--reference-spinup", 100,
             "--members", 3, "--horizon", 12, "--save-every", 2, "--windows", 3, "--pilot-steps", 2,
             "--methods", *WITH_BUNDLE, "--quiet"]
-    study(*args)
+    study(*args, "--only", "emulator", "left_down")  # a share of the work: a partial report
     assert "train/emulator" not in actions(out) and set(actions(out).values()) == {"ran"}
+    assert sorted(json.loads((out / "metrics.json").read_text())["methods"]) == [
+        "emulator", "left_down", SOLVER]
+    assert "**Incomplete**: thermalizer[match=left_down], left_down[threshold=calibrated]" in (
+        out / "report.md").read_text()
+    study(*args)  # the rest, and the whole report
+    assert {k for k, v in actions(out).items() if v == "ran"} == {
+        "rollout/thermalizer[match=left_down]", "rollout/left_down[threshold=calibrated]",
+        "evaluate/thermalizer[match=left_down]", "evaluate/left_down[threshold=calibrated]", "report"}
     metrics = check_study(out, WITH_BUNDLE, ["energy"], channels=1)
+    assert "Incomplete" not in (out / "report.md").read_text()
+    assert all("last_run" in v for v in json.loads((out / "stages.json").read_text()).values())
     plan = json.loads((out / "plan.json").read_text())
     calibrated = plan["methods"]["left_down[threshold=calibrated]"]
     assert calibrated["threshold"] == math.ceil(plan["calibration"]["value"]) + 1
