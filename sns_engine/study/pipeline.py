@@ -209,7 +209,14 @@ def _check_bundle(cfg: StudyConfig, bundle: Path, control: Path) -> list[str]:
         raise StudyError(f"bundle {bundle} steps {theirs['snapshot_dt']} per model step, so the "
                          f"study stores every {stored}, but its solver stores every "
                          f"{ours.snapshot_dt}")
-    return [m for m in cfg.models if m not in config["models"]]
+    def finished(kind: str) -> bool:  # as load_bundle judges it: its training reached its steps
+        entry = config["models"].get(kind)
+        if entry is None:
+            return False
+        step, steps = entry.get("step"), entry.get("train", {}).get("steps")
+        return step is None or steps is None or step >= steps
+
+    return [m for m in cfg.models if not finished(m)]
 
 
 def initial_states(control: Path, count: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 from sns_engine.config import to_dict, write_json
 from sns_engine.diffusion.paths import get_path
 from sns_engine.study.config import StudyConfig, slug, study_command
-from sns_engine.study.pipeline import MATCH_TOLERANCE, SOLVER
+from sns_engine.study.pipeline import MATCH_TOLERANCE, SOLVER, THERMALIZER_CANDIDATES
 
 BANDS = ("low", "mid", "high")
 
@@ -44,8 +44,11 @@ def plan_text(cfg: StudyConfig, plan: dict[str, Any]) -> str:
                               f"{t['flops_per_member_step'] / 1e9:.3g} GFLOP"
                               for t in pilot["trials"]), ""]
     if plan["pending"]:
-        lines += [f"Pending (their model is not trained yet; resolved by the rule above once it "
-                  f"is): {', '.join(plan['pending'])}.", ""]
+        lines += [f"Pending (their model is not trained yet): {', '.join(plan['pending'])}. Once it "
+                  "is, each is resolved by its rule: its settings as written, `match=M` choosing "
+                  f"the Thermalizer start (of {', '.join(map(str, THERMALIZER_CANDIDATES))}; stop "
+                  f"below it) whose FLOPs per member-step on {cfg.pilot_steps}-step pilots are "
+                  "closest to M's.", ""]
     for label, when in plan.get("resolved_later", {}).items():
         lines += [f"{label} was resolved at {when}, after the criteria were written, from pilot "
                   "costs only.", ""]
