@@ -3,8 +3,9 @@
 Each benchmark calls `describe` before timing: a readable name `op[case, …]`, the group of cases
 measured side by side (one of them its baseline) and the work one timed call does, under the keys
 of RATES. `summarize` turns pytest-benchmark's records (the entries of its JSON's "benchmarks")
-into rows: mean, rates and the ratio to the group's baseline; `table` lays them out for the
-terminal. bench/conftest.py prints the table after a run and saves the rows with the JSON.
+into rows: mean, rates (and the percent of the machine's GEMM rate, where a benchmark recorded
+`percent_of_gemm`) and the ratio to the group's baseline; `table` lays them out for the terminal.
+bench/conftest.py prints the table after a run and saves the rows with the JSON.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def summarize(benchmarks: list[dict]) -> list[dict]:
         groups.setdefault(bench["group"], []).append({
             "name": bench["name"], "group": bench["group"], "baseline": bool(info.get("baseline")),
             "mean_ms": stats["mean"] * 1e3, "stddev_ms": stats["stddev"] * 1e3,
-            "rounds": stats["rounds"],
+            "rounds": stats["rounds"], "percent_of_gemm": info.get("percent_of_gemm"),
             "rates": {f"{key}_per_s": info[key] / stats["mean"] for key in RATES if key in info}})
     rows = []
     for group, members in groups.items():
@@ -96,6 +97,8 @@ def _cells(row: dict, compared: bool) -> tuple[str, str, str, str, str]:
     pct = 100 * row["stddev_ms"] / row["mean_ms"]
     spread = "" if row["rounds"] < 2 else f"{pct:.1f}" if pct < 10 else f"{pct:.0f}"
     rates = ", ".join(_si(value, RATES[key.removesuffix("_per_s")]) for key, value in row["rates"].items())
+    if row.get("percent_of_gemm") is not None:
+        rates += f" ({row['percent_of_gemm']:.0f}% of GEMM)"
     if row["ratio"] is not None:
         ratio = f"{row['ratio']:.2f}× vs {row['vs']}"
     else:

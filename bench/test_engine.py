@@ -6,10 +6,12 @@ GPU), in the two settings the authors run: Kolmogorov (every member refined ever
 (members whose either head's class exceeds 5, our level ≥ 7). The baseline is
 bench/authors_loop.py as a user of their code runs it: `ratio_class_both` (one encoder pass per
 head), re-noising, `range(max − 1, −1, −1)` with a boolean mask, gather, full forward, scatter and
-a host sync per level, torch.randn noise, eager NCHW float32. On the CPU the two run side by side
-per setting and batch size: `pytest bench/test_engine.py --benchmark-only -k cpu`.
-extra_info: member-steps of a call (the summary prints member-steps/s and the ratio to the authors'
-loop at the same device, setting and batch), forwards and levels-only passes per physical step.
+a host sync per level, torch.randn noise, eager NCHW float32 (its networks do not take the U-Net's
+CPU fast path, the engine's do). On the CPU the two run side by side per setting and batch size:
+`pytest bench/test_engine.py --benchmark-only -k cpu`.
+extra_info: member-steps and network FLOPs of a call (the summary prints member-steps/s, FLOP/s and
+the ratio to the authors' loop at the same device, setting and batch; padded members count),
+forwards and levels-only passes per physical step, the useful fraction and the achieved GFLOP/s.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sns_engine.engine.denoiser import CounterNoise, TorchNoise, refiner_denoise
 from sns_engine.engine.ensemble import DEFAULT_BUNDLE, initial_conditions
 from sns_engine.engine.reference import reference_rollout
 from sns_engine.engine.rollout import CPU_CHUNK, Engine
+from sns_engine.models.unet import use_fast_cpu
 
 from .authors_loop import AuthorsLoop
 from .report import describe
@@ -57,12 +60,13 @@ def _engine(bundle, x0, setting: str, graphs=False, bf16=False, **kw) -> Engine:
 
 
 def _authors_step(bundle, x0, setting: str):
-    """One physical step of the authors' loop as published; returns the member-forwards it made."""
+    """One physical step of the authors' loop as published (eager NCHW networks)."""
     loop = AuthorsLoop(bundle.schedule.num_levels, TorchNoise(), published_start=True)
-    denoiser = refiner_denoiser(bundle.model("refiner"))
+    emulator = use_fast_cpu(bundle.model("emulator"), False)
+    denoiser = refiner_denoiser(use_fast_cpu(bundle.model("refiner"), False))
 
     def step():
-        loop.rollout("left_down", bundle.model("emulator"), denoiser, x0, 1, SETTINGS[setting][2])
+        loop.rollout("left_down", emulator, denoiser, x0, 1, SETTINGS[setting][2])
         if x0.is_cuda:
             torch.cuda.synchronize()
 
@@ -70,7 +74,8 @@ def _authors_step(bundle, x0, setting: str):
 
 
 def _time_engine(benchmark, engine: Engine, steps: int, rounds: int) -> None:
-    """Time `steps` engine steps from the same start each round (an untimed reset before each)."""
+    """Time `steps` engine steps from the same start each round (an untimed reset before each); a
+    call's FLOPs are those of its steps (every round repeats the same work)."""
     start = {k: v.clone() for k, v in engine.state_tensors().items()}
 
     def run():
@@ -80,11 +85,15 @@ def _time_engine(benchmark, engine: Engine, steps: int, rounds: int) -> None:
             torch.cuda.synchronize()
 
     run()  # warm-up (graph capture, autotuning on a GPU)
+    flops = engine.stats.flops
+    benchmark.extra_info["flops"] = flops
     benchmark.pedantic(run, setup=lambda: engine.load_state(start, 0), rounds=rounds)
     stats = engine.stats
     benchmark.extra_info.update(forwards_per_step=stats.forwards_per_step,
                                 level_passes_per_step=stats.level_passes / max(stats.physical_steps, 1),
                                 useful_fraction=stats.useful_fraction)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["gflops_per_s"] = flops / benchmark.stats.stats.mean / 1e9
 
 
 @pytest.mark.parametrize("impl", ["engine", "engine_unchunked", "authors_loop"])

@@ -9,12 +9,14 @@ Also here: the noise sources (deterministic counter-based, keyed by member, step
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
 
+from sns_engine.models.unet import find_unet, forward_flops
 from sns_engine.ops import rng
 
 
@@ -43,11 +45,13 @@ class Denoiser:
     """`denoiser(long, y, x)` is the full forward (ε̂ of both frames and both heads' logits);
     `levels(long, y, x)` only the heads' logits and `estimate(long, y, x)` only their argmax
     levels — for a U-Net its encoder, middle and heads, no decoder, as the authors'
-    `ratio_class_both`; `estimate` runs the heads' last linear and argmax fused."""
+    `ratio_class_both`; `estimate` runs the heads' last linear and argmax fused. `flops(kind)`,
+    where known, gives the FLOPs per member of the "forward" or the "levels" pass."""
 
     forward: Frames
     levels: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LevelLogits]
     estimate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], LevelEstimate]
+    flops: Callable[[str], int] | None = None
 
     def __call__(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
         return self.forward(long, y, x)
@@ -74,7 +78,8 @@ def refiner_denoiser(refiner: torch.nn.Module, backend: str = "torch") -> Denois
         return DenoiserOutput(out.eps_y, out.eps_x, out.logits_y, out.logits_x)
 
     return Denoiser(forward, lambda long, y, x: LevelLogits(*refiner.levels(long, y, x)),
-                    lambda long, y, x: LevelEstimate(*refiner.estimate(long, y, x, backend)))
+                    lambda long, y, x: LevelEstimate(*refiner.estimate(long, y, x, backend)),
+                    _flops(refiner))
 
 
 def thermalizer_denoiser(thermalizer: torch.nn.Module, backend: str = "torch") -> Denoiser:
@@ -92,7 +97,12 @@ def thermalizer_denoiser(thermalizer: torch.nn.Module, backend: str = "torch") -
         n = thermalizer.estimate(x, backend)
         return LevelEstimate(n, n)
 
-    return Denoiser(forward, levels, estimate)
+    return Denoiser(forward, levels, estimate, _flops(thermalizer))
+
+
+def _flops(model: torch.nn.Module) -> Callable[[str], int] | None:
+    """`forward_flops` of the model's U-Net, or None if it has none (analytic test models)."""
+    return functools.partial(forward_flops, model) if find_unet(model) is not None else None
 
 
 class NoiseSource(Protocol):

@@ -23,6 +23,8 @@ physical step, level, stream, pixel), never by slot.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -36,6 +38,7 @@ from sns_engine.engine.denoiser import Denoiser
 from sns_engine.engine.graphs import Replayer
 from sns_engine.engine.reference import NOISE_LIMIT, NONFINITE, OUT_OF_BOUND
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
+from sns_engine.models.unet import find_unet, forward_flops
 from sns_engine.ops import rng
 from sns_engine.ops.update import ddpm_tick, renoise
 
@@ -58,16 +61,69 @@ def chunked(fn, chunk: int):
     return run
 
 
+@dataclass(frozen=True)
+class MemberFlops:
+    """FLOPs per member of each network pass (0 for a network that is not a U-Net)."""
+
+    emulator: int = 0
+    forward: int = 0        # the denoiser's full forward
+    levels: int = 0         # its levels-only pass
+
+
+def member_flops(emulator: object, denoiser: Denoiser | None) -> Callable[[], MemberFlops]:
+    """The networks' MemberFlops, counted on the first call (models.unet.forward_flops, whose
+    FlopCounterMode costs seconds the first time in a process), then cached."""
+    @functools.cache
+    def count() -> MemberFlops:
+        emu = forward_flops(emulator) if find_unet(emulator) is not None else 0
+        if denoiser is None or denoiser.flops is None:
+            return MemberFlops(emu)
+        return MemberFlops(emu, denoiser.flops("forward"), denoiser.flops("levels"))
+
+    return count
+
+
 @dataclass
 class EngineStats:
-    """Work counters over a run: forwards and member-forwards, useful vs padded."""
+    """Work counters over a run: forwards and member-forwards (useful vs padded), and the FLOPs
+    they amount to (`flops`, `useful_flops`: member-forwards × FLOPs per member of each pass)."""
 
     physical_steps: int = 0
     forwards: int = 0                 # full network forwards (emulator, refiner, thermalizer)
     level_passes: int = 0             # levels-only estimates (encoder, middle, heads)
     member_forwards: int = 0
     useful_member_forwards: int = 0
+    emulator_member_forwards: int = 0  # the emulator's share of both member-forward counts
+    level_pass_members: int = 0        # members of the levels-only passes
     refine_forwards: list[int] = field(default_factory=list)
+    per_member: Callable[[], MemberFlops] = field(default=MemberFlops, repr=False, compare=False)
+
+    def count_forward(self, members: int, useful: int, emulator: bool = False) -> None:
+        """One full forward of `members` members (padded), `useful` of them useful."""
+        self.forwards += 1
+        self.member_forwards += members
+        self.useful_member_forwards += useful
+        self.emulator_member_forwards += members if emulator else 0
+
+    def count_level_pass(self, members: int) -> None:
+        """One levels-only pass of `members` members."""
+        self.level_passes += 1
+        self.level_pass_members += members
+
+    @property
+    def flops(self) -> int:
+        """FLOPs of every pass run, padding included."""
+        return self._flops(self.member_forwards)
+
+    @property
+    def useful_flops(self) -> int:
+        """FLOPs of the useful member-forwards and the levels-only passes."""
+        return self._flops(self.useful_member_forwards)
+
+    def _flops(self, member_forwards: int) -> int:
+        per, emulator = self.per_member(), self.emulator_member_forwards
+        return (emulator * per.emulator + (member_forwards - emulator) * per.forward
+                + self.level_pass_members * per.levels)
 
     @property
     def useful_fraction(self) -> float:
@@ -88,6 +144,7 @@ class Engine:
         self.path = get_path(cfg.path)
         if self.path.model is not None and denoiser is None:
             raise ValueError(f"path {cfg.path!r} needs a {self.path.model} but none was given")
+        self.stats = EngineStats(per_member=member_flops(emulator, denoiser))
         device = initial.device
         if device.type == "cpu" and cpu_chunk:
             emulator = chunked(emulator, cpu_chunk)
@@ -106,7 +163,6 @@ class Engine:
         self.coefs = torch.stack([schedule.recip_sqrt_alpha, schedule.eps_coef, schedule.sigma]).to(
             device=device, dtype=torch.float32).contiguous()
         self.next_step = 0
-        self.stats = EngineStats()
         # persistent buffers: proposal, and the sorted (packed) copies the ticks work on
         self.proposal = torch.empty_like(self.x)
         self.sx, self.sy, self.slong = (torch.empty_like(self.x) for _ in range(3))
@@ -148,9 +204,7 @@ class Engine:
         alive = self.flags == 0
         with profiling.range("emulator"):
             self.run_emulator(b)
-            self.stats.forwards += 1
-            self.stats.member_forwards += b
-            self.stats.useful_member_forwards += b
+            self.stats.count_forward(b, b, emulator=True)
         levels = torch.full((b, 2), -1, dtype=torch.long, device=self.x.device)
         moves = torch.zeros(b, dtype=torch.long, device=self.x.device)
         new = self.proposal
@@ -168,12 +222,10 @@ class Engine:
             if reuse:
                 out = self.denoiser(self.long, self.x, self.proposal)
                 n_x, n_y = out.logits_x.argmax(-1), out.logits_y.argmax(-1)
-                self.stats.forwards += 1
-                self.stats.member_forwards += b
-                self.stats.useful_member_forwards += b
+                self.stats.count_forward(b, b)
             else:
                 n_y, n_x = self.denoiser.estimate(self.long, self.x, self.proposal)
-                self.stats.level_passes += 1
+                self.stats.count_level_pass(b)
         plan = self.path.plan(n_x, n_y, settings_of(cfg, sched.num_levels))
         over_limit = alive & (n_x > cfg.noise_limit) if self.path.flags_noise_limit else None
         active = alive if over_limit is None else alive & ~over_limit
@@ -206,9 +258,7 @@ class Engine:
                     self._tick(padded, reuse=True)
                 else:
                     self.run_tick(padded)
-                    self.stats.forwards += 1
-                    self.stats.member_forwards += padded
-                    self.stats.useful_member_forwards += a
+                    self.stats.count_forward(padded, a)
             self.stats.refine_forwards.append(len(ticks.active) - int(reuse))
             new = torch.empty_like(x)
             new[order] = self.sx

@@ -148,7 +148,8 @@ CASES = [
     ("plot: not a store", "plot spectrum {plain} -o {new}.png", "is not a sns_engine store"),
     # study (refused before any work)
     ("study: no system", "study --out {new}", "name the system (kolmogorov or qg) or pass --recipe"),
-    ("study: unknown method", "study kolmogorov --out {new} --methods zigzag", "method 'zigzag': unknown path 'zigzag'"),
+    ("study: unknown method", "study kolmogorov --out {new} --methods zigzag",
+     "method 'zigzag': unknown path 'zigzag'"),
     ("study: --train-set non-numeric", "study kolmogorov --out {new} --train-set batch_size=abc",
      "batch_size must be an int, got str 'abc'"),
     ("study: --rollout-set threshold -1", "study kolmogorov --out {new} --rollout-set threshold=-1",

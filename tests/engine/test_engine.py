@@ -188,6 +188,44 @@ def test_cpu_chunking_does_not_change_the_rollout():
     assert torch.equal(lp, lw) and torch.equal(mp, mw)
 
 
+@pytest.mark.parametrize("path", ["left_down", "thermalizer"])
+def test_engine_flops_are_the_flops_its_networks_ran(path):
+    """stats.flops (member-forwards × FLOPs per member of each pass, padding included) is what
+    FlopCounterMode counts over the whole rollout; analytic networks count none."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sns_engine.models.emulator import Emulator
+    from sns_engine.models.refiner import Refiner
+    from sns_engine.models.thermalizer import Thermalizer
+    from sns_engine.models.unet import forward_flops
+
+    grid, schedule = 16, CosineSchedule(20)
+    gen = torch.Generator().manual_seed(3)
+    network = (Thermalizer(Thermalizer.unet_config("small", 1, grid, num_levels=20))
+               if path == "thermalizer" else Refiner(Refiner.unet_config("small", 1, grid, num_levels=20)))
+    models = (Emulator(Emulator.unet_config("small", 1, grid)), network)
+    with torch.no_grad():
+        for p in (p for model in models for p in model.parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen) * (p[0].numel() ** -0.5 if p.ndim > 1 else 0.1))
+    emulator, network = models
+    denoiser = (thermalizer_denoiser if path == "thermalizer" else refiner_denoiser)(network)
+    cfg = RolloutConfig(path=path, steps=2, threshold=0, seed=1)
+    engine = Engine(emulator, denoiser, schedule, initial(11, seed=4, size=grid), cfg, graphs=False,
+                    cpu_chunk=4, buckets_per_octave=1)    # power-of-two buckets: padded ticks
+    with FlopCounterMode(display=False) as counter:
+        drive(engine, cfg.steps, 1)
+    stats, per = engine.stats, engine.stats.per_member()
+    assert (per.emulator, per.forward, per.levels) == (
+        forward_flops(emulator), forward_flops(network), forward_flops(network, "levels"))
+    assert stats.emulator_member_forwards == 2 * 11 and stats.level_pass_members == 11 * stats.level_passes
+    assert stats.flops == counter.get_total_flops()
+    assert stats.member_forwards > stats.useful_member_forwards > 2 * 11
+    padding = stats.member_forwards - stats.useful_member_forwards
+    assert stats.useful_flops == stats.flops - padding * per.forward
+    toy, _, _, _ = run_engine(initial(6), RolloutConfig(path=path, steps=1, threshold=0))
+    assert toy.stats.forwards > 0 and toy.stats.flops == toy.stats.useful_flops == 0
+
+
 @pytest.fixture(scope="module")
 def default_bundle():
     return load_bundle(DEFAULT_BUNDLE)

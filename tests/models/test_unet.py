@@ -10,7 +10,14 @@ from sns_engine.config import ConfigError, from_dict, to_dict
 from sns_engine.models.emulator import Emulator
 from sns_engine.models.refiner import Refiner, RefinerOutput
 from sns_engine.models.thermalizer import Thermalizer
-from sns_engine.models.unet import UNet, UNetConfig, count_parameters, unet_preset
+from sns_engine.models.unet import (
+    UNet,
+    UNetConfig,
+    count_parameters,
+    forward_flops,
+    unet_preset,
+    use_fast_cpu,
+)
 
 GRID = 32   # small-preset forwards run at 32² to stay fast; sizes are checked at 64²
 
@@ -201,3 +208,143 @@ def test_fused_level_estimates_equal_the_argmax_of_the_logits(backend):
     therm = randomize(Thermalizer(Thermalizer.unet_config("small", 1, GRID, num_levels=40)), seed=7)
     with torch.no_grad():
         assert torch.equal(therm.estimate(frames[0], backend=backend), therm.levels(frames[0]).argmax(-1))
+
+
+def hand_flops(cfg: UNetConfig, levels_only: bool = False) -> int:
+    """Σ 2·C_in·C_out·k²·H·W over the convs (input pixels for the transposed ones) and 2·in·out
+    over the linears of one member's pass, from the architecture (module docstring of unet.py)."""
+    def conv(c_in, c_out, k, side):
+        return 2 * c_in * c_out * k * k * side * side
+
+    def block(c_in, c_out, side, embeddings=0, width=0):
+        shortcut = conv(c_in, c_out, 1, side) if c_in != c_out else 0
+        return (conv(c_in, c_out, 3, side) + conv(c_out, c_out, 3, side) + shortcut
+                + 2 * embeddings * 2 * width * c_out)
+
+    sides = [cfg.grid >> i for i in range(len(cfg.level_channels))]
+    total, c, skips = conv(cfg.in_channels, cfg.hidden, 3, cfg.grid), cfg.hidden, [cfg.hidden]
+    for i, (ci, side) in enumerate(zip(cfg.level_channels, sides, strict=True)):
+        for _ in range(cfg.blocks_per_level):
+            total, c = total + block(c, ci, side), ci
+            skips.append(c)
+        if i < len(sides) - 1:
+            total += conv(c, c, 3, side // 2)
+            skips.append(c)
+    total += 2 * block(c, c, sides[-1])
+    hidden, classes = cfg.head_hidden or cfg.head_classes, cfg.head_classes
+    total += cfg.heads * (conv(c, c, 3, sides[-1]) + conv(c, cfg.head_channels, 1, sides[-1])
+                          + 2 * cfg.head_channels * sides[-1] ** 2 * hidden + 2 * hidden * classes)
+    if levels_only:
+        return total
+    n_emb, width = (cfg.heads, cfg.embedding_width) if cfg.condition_decoder else (0, 0)
+    total += n_emb * (2 * classes * width + 2 * width * width)
+    for i in reversed(range(len(sides))):
+        outs = [cfg.level_channels[i]] * cfg.blocks_per_level + [cfg.level_channels[i - 1] if i
+                                                                 else cfg.hidden]
+        for out in outs:
+            total, c = total + block(c + skips.pop(), out, sides[i], n_emb, width), out
+        if i:
+            total += conv(c, c, 4, sides[i])       # transposed: 4×4 taps per input pixel
+    return total + conv(c, cfg.out_channels, 3, cfg.grid)
+
+
+TINY = UNetConfig(in_channels=3, out_channels=2, grid=8, hidden=2, channel_mults=(2, 2),
+                  blocks_per_level=1, heads=2, head_classes=5, head_channels=3, head_hidden=4,
+                  condition_decoder=True, level_embedding=6)
+
+
+@pytest.mark.parametrize("cfg", [TINY, unet_preset("small", 1, 1, 64),
+                                 Refiner.unet_config("small", 1, 64)],
+                         ids=["tiny", "small_emulator", "small_refiner"])
+def test_forward_flops_equal_the_hand_count(cfg):
+    """FlopCounterMode's count (meta device, batch 1) is the hand count of convs and linears."""
+    assert forward_flops(UNet(cfg)) == hand_flops(cfg)
+    assert forward_flops(UNet(cfg), "levels") == hand_flops(cfg, levels_only=True)
+
+
+def test_forward_flops_per_member_of_a_counted_batch_and_of_the_wrappers():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = randomize(Refiner(Refiner.unet_config("small", 1, GRID, num_levels=20)), seed=8)
+    frames = [fresh(3, 1, GRID, GRID, seed=80 + s) for s in range(3)]
+    for kind, run in (("forward", model), ("levels", model.levels)):
+        with FlopCounterMode(display=False) as counter:
+            run(*frames)
+        assert counter.get_total_flops() == 3 * forward_flops(model, kind)
+    assert forward_flops(model) == forward_flops(model.unet) > forward_flops(model, "levels")
+    emu = Emulator(Emulator.unet_config("small", 1, GRID))
+    assert forward_flops(emu) == hand_flops(emu.unet.cfg)
+    with pytest.raises(ValueError, match="unknown pass"):
+        forward_flops(model, "decoder")
+    with pytest.raises(ValueError, match="no single UNet"):
+        forward_flops(torch.nn.Conv2d(1, 1, 3))
+
+
+def fast_and_reference(model: torch.nn.Module, run):
+    """run(model) under no_grad on the CPU fast path and on the eager NCHW reference."""
+    with torch.no_grad():
+        fast = run(use_fast_cpu(model, True))
+        reference = run(use_fast_cpu(model, False))
+    use_fast_cpu(model, True)
+    return fast, reference
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> None:
+    """Equal up to float32 rounding: rtol 1e-4, atol `atol` of the output's scale."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=atol * scale)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_cpu_fast_path_equals_the_eager_reference(channels, monkeypatch):
+    """Channels-last convs, hand-made circular halo, batched heads, chunks (of 2 here): the same
+    networks up to float32 rounding, on fresh random inputs and weights, for every pass of every
+    wrapper. (The deeper paper-like net with attention: both paths are 1.5e-5 of its scale off
+    its float64 value.)"""
+    import sns_engine.models.unet as unet_module
+
+    monkeypatch.setattr(unet_module, "FAST_CPU_CHUNK", 2)
+    frames = [fresh(5, channels, GRID, GRID, seed=90 + s) for s in range(3)]
+    emu = randomize(Emulator(Emulator.unet_config("small", channels, GRID)), seed=9)
+    ref = randomize(Refiner(Refiner.unet_config("small", channels, GRID, num_levels=40)), seed=10)
+    therm = randomize(Thermalizer(Thermalizer.unet_config("small", channels, GRID, num_levels=40)),
+                      seed=11)
+    paper = randomize(Refiner(dataclasses.replace(paper_like(GRID), in_channels=3 * channels,
+                                                  out_channels=2 * channels)), seed=12)
+    cases = [(emu, lambda m: [m(frames[0])], 1e-5), (ref, lambda m: list(m(*frames)), 1e-5),
+             (ref, lambda m: list(m.levels(*frames)), 1e-5),
+             (therm, lambda m: [m(frames[0])[0]], 1e-5), (paper, lambda m: list(m(*frames)), 1e-4)]
+    for model, run, atol in cases:
+        fast, reference = fast_and_reference(model, run)
+        for a, b in zip(fast, reference, strict=True):
+            assert a.shape == b.shape and a.is_contiguous() == b.is_contiguous()
+            assert_close_to_scale(a, b, atol)
+    estimates, reference = fast_and_reference(ref, lambda m: m.estimate(*frames))
+    assert all(torch.equal(a, b) for a, b in zip(estimates, reference, strict=True))
+
+
+def test_cpu_fast_path_is_taken_only_for_float32_cpu_inference_with_the_torch_backend(monkeypatch):
+    """Training (gradients), float64, the Triton backend and use_fast_cpu(model, False) run the
+    reference; training still has its backward."""
+    import sns_engine.models.unet as unet_module
+
+    blocks = []
+    fast_block = unet_module._block_fast
+    monkeypatch.setattr(unet_module, "_block_fast", lambda *a: blocks.append(1) or fast_block(*a))
+    unet = randomize(UNet(Refiner.unet_config("small", 1, GRID, num_levels=20)), seed=13)
+    x = fresh(2, 3, GRID, GRID, seed=130)
+
+    def fast(model, inputs, grad=False):
+        blocks.clear()
+        with torch.set_grad_enabled(grad):
+            model.levels(inputs)
+        return bool(blocks)
+
+    assert fast(unet, x)
+    assert not fast(unet, x, grad=True)                       # parameters need gradients
+    assert fast(unet.requires_grad_(False), x, grad=True)    # nothing needs one
+    assert not fast(unet.double(), x.double())
+    assert not fast(use_fast_cpu(unet.float(), False), x)
+    assert not fast(use_fast_cpu(unet).set_backend("triton"), x)
+    loss = UNet(Refiner.unet_config("small", 1, GRID, num_levels=20))(x)[0].square().sum()
+    loss.backward()
