@@ -30,7 +30,8 @@ from sns_engine.models.unet import use_fast_cpu
 from .authors_loop import AuthorsLoop
 from .report import describe
 
-CPU_BATCHES = [1, 16, 64, 256]
+# batch 256 takes minutes per case on one core: only with --bench-long (bench/conftest.py)
+CPU_BATCHES = [1, 16, 64, pytest.param(256, marks=pytest.mark.long)]
 GPU_BATCHES = [1, 64, 256, 1024]
 BASELINE = "authors_loop"  # the implementation the others are compared to in the run's summary
 # setting → (our threshold, heads; their QG class threshold or None for every member)

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "rollout", cmd_rollout, "roll out an ensemble into a Zarr store (resumable)",
                  resume, "use a smaller --batch")
     p.add_argument("--bundle", help="bundle directory (default: the embedded one, small Kolmogorov "
-                                    "64² emulator and refiner)")
+                                    "64² emulator, refiner and Thermalizer)")
     p.add_argument("--out", required=True, help="ensemble store (*.zarr) to write")
     _options(p, sns_engine.rollout, ROLLOUT_OPTIONS, quiet=quiet,
              batch={**positive, "default": 64}, steps={**positive, "default": 100},

@@ -111,3 +111,18 @@ def test_describe_sets_name_group_and_work():
     assert bench.extra_info == {"other": 1, "member_steps": 3, "baseline": True}
     with pytest.raises(ValueError, match="unknown work"):
         report.describe(bench, "op", member_steps_per_s=3.0)
+
+
+def test_percent_of_gemm_is_kept_and_shown():
+    records = [_record("unet[emulator, reference, batch=64]", "unet, emulator", 0.5, flops=2e10,
+                       baseline=True, percent_of_gemm=37.4),
+               _record("unet[emulator, fast, batch=64]", "unet, emulator", 0.25, flops=2e10,
+                       percent_of_gemm=74.8),
+               _record("gemm[2048]", "gemm", 0.2, flops=1.7e10)]
+    rows = {row["name"]: row for row in report.summarize(records)}
+    assert rows["unet[emulator, fast, batch=64]"]["percent_of_gemm"] == 74.8
+    assert rows["gemm[2048]"]["percent_of_gemm"] is None
+    lines = report.table(report.summarize(records))
+    fast = next(line for line in lines if "fast" in line)
+    assert "(75% of GEMM)" in fast and "2.00× vs reference" in fast
+    assert "of GEMM" not in next(line for line in lines if line.startswith("gemm"))

@@ -132,7 +132,7 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     wrong type). A progress bar shows unless `quiet=True`.
 
     bundle: bundle directory or a loaded Bundle; None for the embedded default (small Kolmogorov
-        64² emulator and refiner) (default None)
+        64² emulator, refiner and Thermalizer) (default None)
     batch: ensemble members (default 8)
     path: traversal path in the (n_x, n_y) plane (sns_engine.diffusion.paths): left_down (SNS
         path A), fix_short (SNS, y held at its level), down_left, diagonal, gencast (clean y),
