@@ -7,14 +7,17 @@ from sns_engine.diagnostics.spectra import (
     energy_spectrum,
     enstrophy_spectrum,
     isotropic_spectrum,
+    log_spectrum_error,
     qg_layer_energy_spectra,
-    relative_spectrum_error,
+    spectral_bands,
 )
 from sns_engine.diagnostics.statistics import (
     autocorrelation,
     decorrelation_time,
     rate_of_change,
+    sign_test,
     stability_time,
+    stationarity,
     survival_curve,
     wasserstein1,
 )
@@ -26,10 +29,13 @@ __all__ = [
     "energy_spectrum",
     "enstrophy_spectrum",
     "isotropic_spectrum",
+    "log_spectrum_error",
     "qg_layer_energy_spectra",
     "rate_of_change",
-    "relative_spectrum_error",
+    "spectral_bands",
+    "sign_test",
     "stability_time",
+    "stationarity",
     "survival_curve",
     "wasserstein1",
 ]

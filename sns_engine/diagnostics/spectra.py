@@ -102,29 +102,9 @@ def qg_layer_energy_spectra(q: torch.Tensor, *, length: float, f1: float, f2: fl
     return _isotropic(0.5 * k2 * psi.abs().square(), q, length, shells)
 
 
-def relative_spectrum_error(spectrum: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean relative error of spectra over the shells where the reference is positive:
-    mean_{k: S_ref(k) > 0} |S(k) − S_ref(k)| / S_ref(k), reducing the last (shell) axis.
-
-    Leading dims broadcast (e.g. S (B, T, K) against one S_ref (K,) gives (B, T)). To leave out
-    shells (e.g. the corners beyond the inscribed circle), slice both spectra before the call."""
-    require_float("spectrum", spectrum)
-    require_float("reference", reference)
-    if spectrum.ndim == 0 or reference.ndim == 0 or spectrum.shape[-1] != reference.shape[-1]:
-        raise DiagnosticsError(f"spectrum {tuple(spectrum.shape)} and reference "
-                               f"{tuple(reference.shape)} must share their last (shell) axis; "
-                               "compute both on the same grid and length")
-    used = reference > 0
-    counts = used.sum(-1)
-    if (counts == 0).any():
-        raise DiagnosticsError("the reference spectrum has no positive shell; is it all zeros?")
-    ratio = (spectrum - reference).abs() / reference.where(used, 1.0)
-    return ratio.where(used, 0.0).sum(-1) / counts
-
-
 def log_spectrum_error(spectrum: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Symmetric spectrum error: mean over shells of |log(S(k)/S_ref(k))|, reducing the last
-    (shell) axis; leading dims broadcast as in `relative_spectrum_error`.
+    (shell) axis; leading dims broadcast (S (B, T, K) against one S_ref (K,) gives (B, T)).
 
     An excess and a deficit by the same factor score the same (S = S_ref·e^{±c} gives c), and a
     deficit is not capped: a spectrum with a shell S ≤ 0 or a non-finite one scores inf (a zero
