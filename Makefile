@@ -24,8 +24,10 @@ demo: $(STAMP)
 	.venv/bin/sns-engine plot snapshots out/demo/ensemble.zarr -o out/demo/snapshots.png
 	.venv/bin/sns-engine plot spectrum out/demo/ensemble.zarr -o out/demo/spectrum.png
 
-test: $(STAMP)
+lint: $(STAMP)
 	.venv/bin/ruff check .
+
+test: lint
 	.venv/bin/pytest -q tests
 
 bench: $(STAMP)

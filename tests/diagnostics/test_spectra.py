@@ -227,7 +227,6 @@ def test_bad_inputs_are_named(call, message):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shells", ["round", "pyqg"])
 def test_cuda_matches_cpu(dtype, shells):

@@ -148,7 +148,7 @@ def test_engine_with_triton_backend_equals_torch():
     torch.testing.assert_close(triton_levels, torch_levels)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("path", ["left_down", "diagonal", "thermalizer"])
 def test_cuda_graphs_equal_eager(path):
     cfg = RolloutConfig(path=path, steps=3, seed=5)
@@ -299,7 +299,7 @@ def test_rollout_overwrite_deletes_only_an_ensemble_store(default_bundle, tmp_pa
     assert first.store == again.store and TrajectoryStore(ens).root.attrs["rollout"]["seed"] == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gpu_rollout_of_the_default_bundle_equals_the_cpu_reference(backend):
     """The whole GPU path on the shipped models — fused conv blocks, the levels-only estimate with
