@@ -61,7 +61,8 @@ def _ratio(row: dict, base: dict) -> tuple[float, str]:
     ratio = (row["rates"][shared[0]] / base["rates"][shared[0]] if shared
              else base["mean_ms"] / row["mean_ms"])
     own = set(_parts(row["name"]))
-    return ratio, ", ".join(p for p in _parts(base["name"]) if p not in own) or base["name"]
+    # the baseline's first name part the row lacks (its op or implementation): short and telling
+    return ratio, next((p for p in _parts(base["name"]) if p not in own), base["name"])
 
 
 def _parts(name: str) -> list[str]:
@@ -120,5 +121,9 @@ def _si(value: float, template: str) -> str:
 
 
 def _fit(text: str, width: int) -> str:
-    """`text`, cut to `width` characters (the last one …) if longer."""
-    return text if len(text) <= width else text[:width - 1] + "…"
+    """`text` in `width` characters: if longer, its middle elided with … so that both the op and
+    the last parts (the batch) stay readable."""
+    if len(text) <= width:
+        return text
+    tail = min(len(text) // 2, (width - 1) // 2)
+    return text[:width - 1 - tail] + "…" + text[len(text) - tail:]

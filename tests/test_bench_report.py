@@ -102,6 +102,8 @@ def test_table_shortens_names_to_fit():
     lines = report.table(report.summarize([long, _record("base[x]", "g2", 2.0, member_steps=1,
                                                          baseline=True)]))
     assert max(map(len, lines)) == report.WIDTH and "…" in lines[-1]
+    name = lines[-1].split("  ")[0]
+    assert name.startswith("engine[variant") and name.endswith("variant]")  # op and last part
 
 
 def test_describe_sets_name_group_and_work():
