@@ -414,15 +414,14 @@ def study_figure_set(reports: Mapping[str, dict[str, Any]], u: Units,
     def mid(r: dict[str, Any]) -> list[float]:
         return [float(np.mean(w["time"])) / u.time_scale for w in r["windows"]]
 
-    def panel(ax: Any, get: Any, ylabel: str, log: bool = True) -> None:
+    def panel(ax: Any, get: Any, ylabel: str) -> None:
         for label, r in reports.items():
             ws = r["windows"]
             _with_interval(ax, mid(r), [get(w, w) for w in ws], [get(w["interval"], w) for w in ws],
                            label, label == FLOOR)
         ax.set_xlabel(time_axis)
         ax.set_ylabel(ylabel)
-        if log:
-            ax.set_yscale("log")
+        ax.set_yscale("log")
         ax.legend(fontsize=6)
 
     figures = {}
@@ -434,8 +433,7 @@ def study_figure_set(reports: Mapping[str, dict[str, Any]], u: Units,
     for i, ax in enumerate(axes[len(curves):len(curves) + len(channels)]):
         panel(ax, lambda w, _, i=i: w["w1"][i], f"W1 of the PDF, {channels[i].label}")
     for ax, c in zip(axes[len(curves) + len(channels):], curves, strict=True):
-        panel(ax, lambda w, _, c=c: w["energy_ratio"][c], f"{_curve_label(c)} / reference",
-              log=False)
+        panel(ax, lambda w, _, c=c: w["energy_ratio"][c], f"{_curve_label(c)} / reference")
         ax.axhline(1.0, color="k", lw=0.6, ls=":")
     fig.suptitle("every method against the solver floor (grey: solver control from the same "
                  "initial states, 90 % bootstrap band over members)")
