@@ -24,7 +24,7 @@ $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # the package from this tree, no install
 timeout 240 $PY setup.py -q build_ext --inplace \
     || echo "CUDA extension build failed; backend='cuda' tests will say why"
-timeout 200 $PY -m pytest -q -p no:cacheprovider -m "gpu or not slow" tests/kernels tests/engine \
+timeout 200 $PY -m pytest -q -p no:cacheprovider -m "gpu or not slow" tests/ops tests/engine \
     -k "gpu or cuda or triton or graph or bf16 or estimate" 2>&1 | tee "$out/$stamp-h200-tests.txt" | tail -25
 timeout 150 $PY -m pytest -q -p no:cacheprovider bench --benchmark-only \
     --benchmark-json="$out/$stamp-h200.json" -k "gpu or cuda or triton" 2>&1 | tail -40

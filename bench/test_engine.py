@@ -19,10 +19,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sns_engine.api import DEFAULT_BUNDLE
 from sns_engine.bundle import load_bundle
 from sns_engine.config import RolloutConfig
 from sns_engine.engine.denoiser import CounterNoise, TorchNoise, refiner_denoiser
-from sns_engine.engine.ensemble import DEFAULT_BUNDLE, initial_conditions
+from sns_engine.engine.initial import initial_conditions
 from sns_engine.engine.reference import reference_rollout
 from sns_engine.engine.rollout import CPU_CHUNK, Engine
 from sns_engine.models.unet import use_fast_cpu

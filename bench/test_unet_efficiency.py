@@ -29,8 +29,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sns_engine.api import DEFAULT_BUNDLE
 from sns_engine.bundle import load_bundle
-from sns_engine.engine.ensemble import DEFAULT_BUNDLE
 from sns_engine.models import unet as unet_module
 from sns_engine.models.unet import forward_flops, use_fast_cpu
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sns_engine.api import DEFAULT_BUNDLE
 from sns_engine.bundle import load_bundle
 from sns_engine.config import RolloutConfig
 from sns_engine.engine.denoiser import refiner_denoiser, thermalizer_denoiser
-from sns_engine.engine.ensemble import DEFAULT_BUNDLE, initial_conditions
+from sns_engine.engine.initial import initial_conditions
 from sns_engine.engine.rollout import Engine
 from sns_engine.systems import get_system
 
@@ -73,4 +74,4 @@ def test_surrogate(benchmark, case):
                                 level_passes_per_step=stats.level_passes / max(stats.physical_steps, 1),
                                 gflop_per_member_step=stats.useful_flops / member_steps / 1e9)
     if benchmark.stats is not None:
-        _record(benchmark, bundle.system["snapshot_dt"])
+        _record(benchmark, bundle.system.snapshot_dt)

@@ -34,10 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelInputError, check_tensor
+from . import MAX_SHIFTS, KernelInputError, check_tensor
 
 DTYPES = (torch.float32, torch.bfloat16)
-MAX_SHIFTS = 2
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import check_runnable, check_tensor
+from . import check_renoise, check_runnable, check_tick
 from .rng import normal
 
 STREAM_X: tl.constexpr = tl.constexpr(0)
@@ -95,39 +95,18 @@ def _block(numel: int) -> int:
     return min(MAX_BLOCK, triton.next_power_of_2(numel))
 
 
-def check_tick(op: str, x, y, eps_x, eps_y, n_x, n_y, moves, counts, member, step, coefs) -> None:
-    """Shapes, dtypes, contiguity and device of the tick's inputs (KernelInputError otherwise)."""
-    shape, dev = tuple(x.shape) if x.ndim == 4 else (None,) * 4, x.device
-    b = shape[0]
-    check_tensor(op, "x", x, shape, (torch.float32,), dev)
-    check_tensor(op, "y", y, shape, (torch.float32,), dev)
-    for name, eps in (("eps_x", eps_x), ("eps_y", eps_y)):
-        check_tensor(op, name, eps, shape, (torch.float32, torch.bfloat16), dev)
-    for name, t, size in (("n_x", n_x, (b,)), ("n_y", n_y, (b,)), ("moves", moves, (b, 2)),
-                          ("counts", counts, (b, 2)), ("step", step, (b,))):
-        check_tensor(op, name, t, size, (torch.int32,), dev)
-    check_tensor(op, "member", member, (b,), (torch.int64,), dev)
-    check_tensor(op, "coefs", coefs, (3, None), (torch.float32,), dev)
-
-
-def check_renoise(op: str, frame, level, member, step, sqrt_ab, sqrt_1mab) -> None:
-    """Shapes, dtypes, contiguity and device of the re-noise inputs (KernelInputError otherwise)."""
-    shape, dev = tuple(frame.shape) if frame.ndim == 4 else (None,) * 4, frame.device
-    b = shape[0]
-    check_tensor(op, "frame", frame, shape, (torch.float32,), dev)
-    check_tensor(op, "level", level, (b,), (torch.int32,), dev)
-    check_tensor(op, "member", member, (b,), (torch.int64,), dev)
-    check_tensor(op, "step", step, (b,), (torch.int32,), dev)
-    check_tensor(op, "sqrt_ab", sqrt_ab, (None,), (torch.float32,), dev)
-    check_tensor(op, "sqrt_1mab", sqrt_1mab, (sqrt_ab.shape[0],), (torch.float32,), dev)
-
-
 def ddpm_tick(x, y, eps_x, eps_y, n_x, n_y, moves, counts, member, step, seed: int,
               coefs: torch.Tensor) -> None:
     """One refine tick for the whole batch, in place (x, y, n_x, n_y, counts); see the module
     docstring and `sns_engine.ops.update.ddpm_tick` for the arguments."""
     check_tick("ddpm_tick", x, y, eps_x, eps_y, n_x, n_y, moves, counts, member, step, coefs)
     check_runnable("ddpm_tick", x)
+    launch_tick(x, y, eps_x, eps_y, n_x, n_y, moves, counts, member, step, seed, coefs)
+
+
+def launch_tick(x, y, eps_x, eps_y, n_x, n_y, moves, counts, member, step, seed: int,
+                coefs: torch.Tensor) -> None:
+    """`ddpm_tick` on inputs already checked (what `sns_engine.ops.update` dispatches to)."""
     if x.shape[0] == 0:
         return
     numel = x[0].numel()
@@ -140,6 +119,11 @@ def renoise(frame, level, member, step, seed: int, sqrt_ab, sqrt_1mab, stream: i
     """frame ← √ᾱ_n·frame + √(1−ᾱ_n)·z in place for members with level n > 0."""
     check_renoise("renoise", frame, level, member, step, sqrt_ab, sqrt_1mab)
     check_runnable("renoise", frame)
+    launch_renoise(frame, level, member, step, seed, sqrt_ab, sqrt_1mab, stream)
+
+
+def launch_renoise(frame, level, member, step, seed: int, sqrt_ab, sqrt_1mab, stream: int) -> None:
+    """`renoise` on inputs already checked (what `sns_engine.ops.update` dispatches to)."""
     if frame.shape[0] == 0:
         return
     numel = frame[0].numel()

@@ -13,9 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelInputError, check_runnable, check_tensor
-
-DTYPES = (torch.float32, torch.bfloat16)
+from . import check_level_argmax, check_runnable
 
 
 @triton.jit
@@ -53,23 +51,20 @@ def _level_argmax_kernel(f_ptr, w_ptr, b_ptr, idx_ptr, p_ptr, rows, classes, wid
         tl.store(p_ptr + row, 1.0 / total, mask=row_ok)
 
 
-def check_level_argmax(op: str, features, weight, bias) -> None:
-    """Shapes, dtypes, contiguity and device of the inputs (KernelInputError otherwise)."""
-    rows, width = tuple(features.shape) if features.ndim == 2 else (None, None)
-    dev = features.device
-    check_tensor(op, "features", features, (rows, width), DTYPES, dev)
-    check_tensor(op, "weight", weight, (None, width), DTYPES, dev)
-    check_tensor(op, "bias", bias, (weight.shape[0],), (weight.dtype,), dev)
-    if weight.shape[0] == 0:
-        raise KernelInputError(f"{op}: weight has no rows (K = 0); a level head needs ≥ 1 class")
-
-
 def level_argmax(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  return_max_prob: bool = False, block_b: int = 16, block_k: int = 64,
                  block_f: int = 64):
     """(idx (B,) int64[, p_max (B,) float32]) of features (B, F) @ weight (K, F)ᵀ + bias (K,)."""
     check_level_argmax("level_argmax", features, weight, bias)
     check_runnable("level_argmax", features)
+    return launch_level_argmax(features, weight, bias, return_max_prob, block_b, block_k, block_f)
+
+
+def launch_level_argmax(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        return_max_prob: bool = False, block_b: int = 16, block_k: int = 64,
+                        block_f: int = 64):
+    """`level_argmax` on inputs already checked (what `sns_engine.ops.level_argmax` dispatches
+    to)."""
     rows, width = features.shape
     idx = torch.empty(rows, dtype=torch.int64, device=features.device)
     p_max = torch.empty(rows if return_max_prob else 0, device=features.device)

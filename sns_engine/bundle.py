@@ -27,10 +27,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sns_engine import __version__
+from sns_engine._version import __version__
 from sns_engine.config import ConfigError, from_dict, to_dict, write_json
-from sns_engine.data.store import TrajectoryStore
+from sns_engine.data.store import SystemSpec
 from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.files import atomic_write
 from sns_engine.models import MODEL_KINDS, build_model
 from sns_engine.models.unet import UNetConfig
 from sns_engine.systems import REFINE_ACTIVATION
@@ -49,7 +50,7 @@ class Bundle:
     """Everything a rollout needs: system identity, normalisation, schedule, models, initial states."""
 
     path: Path
-    system: dict[str, Any]
+    system: SystemSpec
     normalisation: dict[str, list[float]]
     schedule: CosineSchedule
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
@@ -106,23 +107,15 @@ def read_config(path: str | Path) -> dict[str, Any] | None:
     return config
 
 
-def new_config(system: dict[str, Any], normalisation: dict[str, list[float]],
+def new_config(system: SystemSpec, normalisation: dict[str, list[float]],
                schedule: CosineSchedule) -> dict[str, Any]:
     """The config.json of an empty bundle for `system` data normalised by `normalisation`."""
-    return {"format": FORMAT, "version": __version__, "system": system,
+    return {"format": FORMAT, "version": __version__, "system": system.to_json(),
             "normalisation": normalisation,
             "schedule": {"num_levels": schedule.num_levels, "s": schedule.s,
                          "max_beta": schedule.max_beta},
-            "activation": dict(REFINE_ACTIVATION[system["name"]]),
+            "activation": dict(REFINE_ACTIVATION[system.system]),
             "models": {}}
-
-
-def store_system(store: TrajectoryStore) -> dict[str, Any]:
-    """The system identity a bundle records for data from `store`."""
-    spec = store.spec
-    return {"name": spec.system, "preset": spec.preset, "params": spec.params,
-            "channels": spec.channels, "channel_names": list(spec.channel_names),
-            "grid": spec.grid, "snapshot_dt": spec.snapshot_dt, "domain_length": spec.domain_length}
 
 
 def save_calibration(path: str | Path, calibration: dict[str, Any]) -> None:
@@ -134,12 +127,19 @@ def save_calibration(path: str | Path, calibration: dict[str, Any]) -> None:
     write_json(Path(path) / CONFIG, config)
 
 
-def check_compatible(config: dict[str, Any], system: dict[str, Any], where: str) -> None:
-    """Refuse to mix data of another system/grid/channel count into a bundle."""
-    for key in ("name", "preset", "grid", "channels"):
-        if config["system"].get(key) != system.get(key):
-            raise BundleError(f"{where}: bundle holds {key}={config['system'].get(key)!r} but the "
-                              f"data has {key}={system.get(key)!r}; use another --out")
+def check_compatible(config: dict[str, Any], system: SystemSpec, where: str) -> None:
+    """Refuse to mix data of another system/grid/channel count into the bundle of `config` (its
+    config.json as a dict)."""
+    try:
+        held = SystemSpec.from_json(config["system"])
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"{where}: the bundle's {CONFIG} has no valid system entry ({err!r}); "
+                          "restore it or use another --out") from err
+    for key, attr in (("name", "system"), ("preset", "preset"), ("grid", "grid"),
+                      ("channels", "channels")):
+        if getattr(held, attr) != getattr(system, attr):
+            raise BundleError(f"{where}: bundle holds {key}={getattr(held, attr)!r} but the "
+                              f"data has {key}={getattr(system, attr)!r}; use another --out")
 
 
 def save_model(path: str | Path, config: dict[str, Any], kind: str, unet: UNetConfig,
@@ -156,10 +156,9 @@ def save_model(path: str | Path, config: dict[str, Any], kind: str, unet: UNetCo
 
 
 def _save_tensors(file: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors written to a temp file and renamed, so a kill never leaves half a file."""
-    tmp = file.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(file)
+    """safetensors written atomically (`files.atomic_write`), so a kill never leaves half a file."""
+    with atomic_write(file) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
 def _merge_on_disk(path: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -216,8 +215,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     try:
         sched = config["schedule"]
         schedule = CosineSchedule(sched["num_levels"], sched["s"], sched["max_beta"])
-        bundle = Bundle(path, config["system"], config["normalisation"], schedule.to(device),
-                        config=config)
+        bundle = Bundle(path, SystemSpec.from_json(config["system"]), config["normalisation"],
+                        schedule.to(device), config=config)
         if "activation" not in config:
             raise KeyError("activation")
         for kind, entry in config["models"].items():

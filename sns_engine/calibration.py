@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sns_engine.bundle import Bundle, check_compatible, load_bundle, save_calibration, store_system
+from sns_engine.bundle import Bundle, check_compatible, load_bundle, save_calibration
 from sns_engine.data.datasets import refiner_triples
 from sns_engine.data.store import TrajectoryStore
 from sns_engine.engine.rollout import chunked
@@ -41,7 +41,7 @@ def held_out_triples(loaded: Bundle, data: str | Path, samples: int,
     """`samples` random clean (long-lag, y, x) frames (normalised) of the trajectories the
     refiner's training held out of the solver store `data`; returns (those trajectories, frames)."""
     store = TrajectoryStore(data)
-    check_compatible({"system": loaded.system}, store_system(store), str(data))
+    check_compatible(loaded.config, store.spec.system_spec, str(data))
     train = loaded.config["models"]["refiner"]["train"]
     _, held_out = split_trajectories(store.spec.trajectories, train["val_fraction"])
     triples = refiner_triples(store, train["lag"], trajectories=held_out)

@@ -230,9 +230,8 @@ def _options(p: argparse.ArgumentParser, fn: Callable[..., Any], names: tuple[st
 
 def build_parser() -> argparse.ArgumentParser:
     import sns_engine
-    from sns_engine.config import TrainConfig, param_help
+    from sns_engine.config import UNET_PRESETS, TrainConfig, param_help
     from sns_engine.diffusion.paths import HEADS, PATHS
-    from sns_engine.models.unet import PRESETS as UNET_PRESETS
     from sns_engine.ops.dispatch import BACKENDS
     from sns_engine.study import METHODS, StudyConfig
     from sns_engine.systems import PRESETS, SYSTEMS

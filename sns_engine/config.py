@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sns_engine.files import atomic_write
+
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,11 +65,9 @@ def _coerce(hint: Any, value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename), so a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """Write JSON atomically (`files.atomic_write`), so a kill never leaves half a file."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -155,6 +155,24 @@ def check_device(device: Any) -> None:
                           f"cuda:{count - 1}")
 
 
+# The U-Net sizes a TrainConfig may name: UNetConfig fields per preset (models.unet.unet_preset adds
+# channels, grid and heads). Plain data here, so a config checks its preset without importing torch.
+UNET_PRESETS: dict[str, dict[str, Any]] = {
+    # the authors' network as the paper counts it (73,727,522 parameters: their
+    # ModernUnetDoubleRegressor_plus without attention; docs/method.md §Network): 64 → 128·256·512,
+    # two blocks per level, heads conv → 16 ch → linear N+1 → linear N+1, decoder conditioned
+    # through N+1-wide level embeddings
+    "paper": dict(hidden=64, channel_mults=(2, 2, 2), blocks_per_level=2, attention_levels=(),
+                  mid_attention=False, attention_heads=1, head_channels=16, head_hidden=None,
+                  level_embedding=None),
+    # CPU-sized: 8 → 16·32·64, one block per level, no attention, heads and level embeddings
+    # 64 wide (an (N+1)² layer alone would be 1 M parameters)
+    "small": dict(hidden=8, channel_mults=(2, 2, 2), blocks_per_level=1, attention_levels=(),
+                  mid_attention=False, attention_heads=1, head_channels=16, head_hidden=64,
+                  level_embedding=64),
+}
+
+
 def _field(default: Any, meaning: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": meaning})
 
@@ -186,13 +204,12 @@ class TrainConfig:
     bf16: bool = _field(True, "bfloat16 autocast (on CUDA only)")
 
     def __post_init__(self) -> None:
-        from sns_engine.models.unet import PRESETS  # imports torch: only once a training is set up
-
         check_types(type(self), vars(self))
         if self.model not in ("emulator", "refiner", "thermalizer"):
             raise ConfigError(f"unknown model {self.model!r}; choose emulator, refiner or thermalizer")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown U-Net preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.preset not in UNET_PRESETS:
+            raise ConfigError(f"unknown U-Net preset {self.preset!r}; choose one of "
+                              f"{sorted(UNET_PRESETS)}")
         for name in ("steps", "batch_size", "unroll", "lag", "num_levels", "val_every",
                      "checkpoint_every", "lr_step"):
             if getattr(self, name) <= 0:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from sns_engine.data.store import StoreError, TrajectoryStore  # noqa: E402
-from sns_engine.diagnostics.evaluate import _subsample, evaluate, field_spectra  # noqa: E402
+from sns_engine.diagnostics.evaluate import evaluate, field_spectra, subsample  # noqa: E402
+from sns_engine.files import atomic_write  # noqa: E402
 from sns_engine.systems import Units, units  # noqa: E402
 
 SNAPSHOT_MEMBERS = 16  # members shown by `snapshots` at most
@@ -111,7 +111,7 @@ def snapshot_figure(store: TrajectoryStore, members: int = SNAPSHOT_MEMBERS, tim
     member grid per time and channel, each channel with its own symmetric colour bar."""
     spec, u = store.spec, store_units(store)
     n = min(members, spec.trajectories)
-    idx = _subsample(spec.snapshots, times)
+    idx = subsample(spec.snapshots, times)
     t = _store_times(store, idx)
     data = np.asarray(store.fields[:n, idx])  # (n, times, C, H, W)
     rows, cols = _member_grid(n)
@@ -173,9 +173,9 @@ def spectrum_figure(store: TrajectoryStore, reference: TrajectoryStore | None = 
     times = _store_times(store, np.arange(t))
     kind, _, many = _kind(store)
     curves = [(f"{kind}, {_window(u, float(times[lo]), float(times[hi - 1]))}",
-               _mean_spectra(store, _subsample(hi - lo, 16) + lo))
+               _mean_spectra(store, subsample(hi - lo, 16) + lo))
               for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    solver = (_mean_spectra(reference, _subsample(reference.spec.snapshots, 16))
+    solver = (_mean_spectra(reference, subsample(reference.spec.snapshots, 16))
               if reference is not None else None)
     names = [n for n in curves[0][1] if n != "k"]
     fig = Figure(figsize=(5.6 * len(names), 4.4), layout="constrained")
@@ -286,21 +286,11 @@ def write_figures(figures: Mapping[Path, Any]) -> list[Path]:
         fig.savefig(buffer, format="png", dpi=DPI)
         plt.close(fig)
         rendered[Path(out)] = buffer.getvalue()
-    temporary: dict[Path, str] = {}
-    try:
+    with ExitStack() as renames:  # every file written before the first is renamed into place
         for out, png in rendered.items():
             out.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-            temporary[out] = name
-            with os.fdopen(handle, "wb") as file:
-                file.write(png)
-    except BaseException:
-        for name in temporary.values():
-            Path(name).unlink(missing_ok=True)
-        raise
-    for out, name in temporary.items():
-        os.replace(name, out)
-    return list(temporary)
+            renames.enter_context(atomic_write(out)).write_bytes(png)
+    return list(rendered)
 
 
 def _save(fig: Any, out: Path) -> Path:
@@ -499,7 +489,7 @@ def _study_snapshots(stores: Mapping[str, tuple[TrajectoryStore, int]], u: Units
     rows = list(stores)
     store0, offset0 = stores[rows[0]]
     count = store0.spec.snapshots - offset0
-    idx = _subsample(count, times)
+    idx = subsample(count, times)
     data = {label: np.asarray(s.fields[member, idx + off, 0]) for label, (s, off) in stores.items()}
     t = (idx + 1) * store0.spec.snapshot_dt  # the methods' saved state j is (j + 1) intervals in
     limit, _ = _symmetric_limit(data[FLOOR] if FLOOR in data else data[rows[0]])

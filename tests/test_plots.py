@@ -17,7 +17,7 @@ QG_INVERSION = {"length": 1e6, "f1": 4e-9, "f2": 4e-10}
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory):
     """A real 2-member, 4-step ensemble of the embedded default bundle (Kolmogorov 64²)."""
-    from sns_engine.engine.ensemble import rollout
+    from sns_engine.api import rollout
 
     out = tmp_path_factory.mktemp("ensemble") / "e.zarr"
     rollout(batch=2, steps=4, out=out, quiet=True)

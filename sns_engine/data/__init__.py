@@ -1,8 +1,8 @@
-"""Solver datasets: resumable chunked Zarr stores and PyTorch datasets over them."""
+"""Solver datasets: resumable chunked Zarr stores and PyTorch datasets over them (filled by
+`sns_engine.generation`, which drives a solver of sns_engine.systems into a store)."""
 
 from sns_engine.data.datasets import FrameWindows, pairs, refiner_triples, windows
-from sns_engine.data.generate import generate, store_spec
-from sns_engine.data.store import StoreError, StoreSpec, TrajectoryStore
+from sns_engine.data.store import StoreError, StoreSpec, SystemSpec, TrajectoryStore
 
-__all__ = ["FrameWindows", "StoreError", "StoreSpec", "TrajectoryStore", "generate", "pairs",
-           "refiner_triples", "store_spec", "windows"]
+__all__ = ["FrameWindows", "StoreError", "StoreSpec", "SystemSpec", "TrajectoryStore", "pairs",
+           "refiner_triples", "windows"]

@@ -8,7 +8,7 @@ Layout of a store (zarr format 3, opens in xarray):
     seed        (trajectory,) the seed each trajectory was started from
     progress    (block,) snapshots finished per block of trajectories; the last thing written
     solver_state/b{block}/t{time}/...   the solver state after `time` snapshots (to resume)
-    attrs["sns_engine"]   identity (system, preset, every parameter, sizes, seed, version)
+    attrs["sns_engine"]   identity (`StoreSpec`: system, preset, every parameter, sizes, seed, version)
     attrs["normalisation"]  per-channel mean and std, written when the store is complete
     attrs["failed"]       why the generation stopped (solver divergence), until a rerun finishes it
 
@@ -24,6 +24,7 @@ from there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from sns_engine import __version__
+from sns_engine._version import __version__
 
 FORMAT = 1
 FIELDS_DIMS = ("trajectory", "time", "channel", "y", "x")
@@ -88,8 +89,15 @@ def remove_ours(*paths: str | Path) -> None:
 
 
 @dataclass(frozen=True)
-class StoreSpec:
-    """Everything that identifies a generated dataset; two runs with equal specs write equal data."""
+class SystemSpec:
+    """The identity of a system's data, the one record of it: which solver (`system`, its name)
+    with which `preset` and `params` (every parameter, JSON-normalised), the fields it stores
+    (`channels`, `channel_names`, on a `grid`² grid over a square of side `domain_length`) and the
+    physical time between stored states (`snapshot_dt`).
+
+    A store records it as the first fields of its `StoreSpec`; a bundle records the system its
+    models were trained on in config.json's "system" entry (`to_json`, where the name is spelled
+    "name"); an ensemble store is the bundle's system with `snapshot_dt` times save_every."""
 
     system: str
     preset: str
@@ -99,6 +107,28 @@ class StoreSpec:
     grid: int
     snapshot_dt: float
     domain_length: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The bundle's config.json form (the system's name under "name", lists for tuples)."""
+        return {"name": self.system, "preset": self.preset, "params": self.params,
+                "channels": self.channels, "channel_names": list(self.channel_names),
+                "grid": self.grid, "snapshot_dt": self.snapshot_dt,
+                "domain_length": self.domain_length}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SystemSpec:
+        """Inverse of `to_json` (a KeyError names a missing entry)."""
+        return cls(system=data["name"], preset=data["preset"], params=data["params"],
+                   channels=data["channels"], channel_names=tuple(data["channel_names"]),
+                   grid=data["grid"], snapshot_dt=data["snapshot_dt"],
+                   domain_length=data["domain_length"])
+
+
+@dataclass(frozen=True)
+class StoreSpec(SystemSpec):
+    """Everything that identifies a generated dataset: its system (`SystemSpec`, the first
+    fields), then its sizes, seed and chunking; two runs with equal specs write equal data."""
+
     trajectories: int
     snapshots: int
     seed: int
@@ -110,6 +140,18 @@ class StoreSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise StoreError(f"{name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def of(cls, system: SystemSpec, *, trajectories: int, snapshots: int, seed: int,
+           trajectory_batch: int, time_chunk: int) -> StoreSpec:
+        """The spec of a store of `system`'s data with these sizes, seed and chunking."""
+        return cls(**_system_fields(system), trajectories=trajectories, snapshots=snapshots,
+                   seed=seed, trajectory_batch=trajectory_batch, time_chunk=time_chunk)
+
+    @property
+    def system_spec(self) -> SystemSpec:
+        """The identity of the system whose data this store holds."""
+        return SystemSpec(**_system_fields(self))
 
     @property
     def blocks(self) -> int:
@@ -129,6 +171,10 @@ class StoreSpec:
         d = {k: attrs[k] for k in cls.__dataclass_fields__}
         d["channel_names"] = tuple(d["channel_names"])
         return cls(**d)
+
+
+def _system_fields(spec: SystemSpec) -> dict[str, Any]:
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(SystemSpec)}
 
 
 def trajectory_seed(seed: int, trajectory: int) -> int:
@@ -180,6 +226,8 @@ class TrajectoryStore:
         root = cls._build(building, spec)
         if extend is not None:
             extend(root)
+        # a directory, so not files.atomic_write: its fixed scratch name is how a rerun finds (and
+        # `remove_ours` deletes) the folder of a killed run, and a folder cannot replace another
         building.rename(path)
         return cls(path, mode="r+")
 

@@ -99,7 +99,9 @@ def _all_shells(spec: StoreSpec, fields: torch.Tensor) -> tuple[torch.Tensor, di
     raise StoreError(f"no spectra for system {spec.system!r}")
 
 
-def _subsample(n: int, most: int) -> np.ndarray:
+def subsample(n: int, most: int) -> np.ndarray:
+    """At most `most` distinct indices of 0..n−1, ascending, evenly spread from 0 to n−1 (all of
+    them when n ≤ most): the snapshots a reference or a figure samples."""
     return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int))
 
 
@@ -142,7 +144,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     if not 0 <= low < high:
         raise ValueError(f"energy_bounds must be (low, high) with 0 ≤ low < high, got {energy_bounds}")
     t_ref = ref.spec.snapshots
-    ref_times = _subsample(t_ref, sample)
+    ref_times = subsample(t_ref, sample)
     ref_values = torch.from_numpy(np.asarray(ref.fields[:, ref_times])).double()
     k_all, ref_curves = _all_shells(ref.spec, ref_values)
     dk = 2 * math.pi / ref.spec.domain_length

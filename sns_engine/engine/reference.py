@@ -15,40 +15,15 @@ step of one member:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from sns_engine.config import RolloutConfig
-from sns_engine.diffusion.paths import BOTH, Path, Plan, X, Y, get_path, settings_of
+from sns_engine.diffusion.paths import BOTH, Path, Plan, X, Y, get_path
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine.denoiser import Denoiser, NoiseSource
+from sns_engine.engine.rollout import RolloutResult
+from sns_engine.engine.rules import NOISE_LIMIT, estimate_levels, refinement, state_flags
 from sns_engine.ops import rng
-
-NONFINITE, OUT_OF_BOUND, NOISE_LIMIT = 1, 2, 4
-FLAG_NAMES = {NONFINITE: "non-finite state", OUT_OF_BOUND: "state beyond bound",
-              NOISE_LIMIT: "estimated level above noise_limit"}
-
-
-@dataclass
-class RolloutRecord:
-    """What a rollout returns: saved states and per-member, per-step diagnostics."""
-
-    states: torch.Tensor        # (B, saved, C, H, W), normalised units
-    flags: torch.Tensor         # (B,) int32 bit set of NONFINITE | OUT_OF_BOUND | NOISE_LIMIT
-    flagged_at: torch.Tensor    # (B,) int64 physical step of the flag, −1 if none
-    levels: torch.Tensor        # (B, steps, 2) estimated (n̂_x, n̂_y), −1 where not estimated
-    moves: torch.Tensor         # (B, steps) forwards spent refining
-
-
-def estimate_levels(out) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n̂_x, n̂_y) = argmax of the two heads' logits."""
-    return out.logits_x.argmax(dim=-1), out.logits_y.argmax(dim=-1)
-
-
-def renoise_mask(plan: Plan, estimate: torch.Tensor, start: torch.Tensor, renoise: bool) -> torch.Tensor:
-    """Members whose frame gets fresh forward noise up to its start level before the walk."""
-    return (plan.total > 0) & (start > 0) & ((start > estimate) | renoise)
 
 
 def walk(denoiser: Denoiser, schedule: CosineSchedule, long: torch.Tensor, y: torch.Tensor,
@@ -78,7 +53,8 @@ def walk(denoiser: Denoiser, schedule: CosineSchedule, long: torch.Tensor, y: to
 
 def refine_member(path: Path, denoiser: Denoiser, schedule: CosineSchedule, long, y, x,
                   cfg: RolloutConfig, noise: NoiseSource, member, step):
-    """Estimate, plan, re-noise and walk one member; returns (x_new, n̂_x, n̂_y, moves, flags)."""
+    """Estimate, plan, re-noise and walk one member (engine.rules); returns (x_new, n̂_x, n̂_y,
+    moves, flag)."""
     reused = path.reuses_estimate(cfg.renoise)
     out = None
     if reused:
@@ -86,26 +62,27 @@ def refine_member(path: Path, denoiser: Denoiser, schedule: CosineSchedule, long
         n_x, n_y = estimate_levels(out)
     else:
         n_y, n_x = denoiser.estimate(long, y, x)
-    plan = path.plan(n_x, n_y, settings_of(cfg, schedule.num_levels))
-    if path.flags_noise_limit and int(n_x) > cfg.noise_limit:
+    step_plan = refinement(path, n_x, n_y, cfg, schedule.num_levels, torch.ones(1, dtype=torch.bool))
+    if bool(step_plan.over_limit):
         return x, n_x, n_y, 0, NOISE_LIMIT
-    for frame, est, start, stream in ((0, n_y, plan.start_y, rng.STREAM_RENOISE_Y),
-                                      (1, n_x, plan.start_x, rng.STREAM_RENOISE_X)):
-        if bool(renoise_mask(plan, est, start, cfg.renoise)):
+    for frame, est, start, stream in ((0, n_y, step_plan.plan.start_y, rng.STREAM_RENOISE_Y),
+                                      (1, n_x, step_plan.plan.start_x, rng.STREAM_RENOISE_X)):
+        level = step_plan.renoise_levels(est, start, cfg.renoise).long()
+        if int(level) > 0:
             target = (y, x)[frame]
-            z = noise(member, step, start.long(), stream, tuple(target.shape[1:]))
-            noised = schedule.q_sample(target, start.long(), z)
+            z = noise(member, step, level, stream, tuple(target.shape[1:]))
+            noised = schedule.q_sample(target, level, z)
             y, x = (noised, x) if frame == 0 else (y, noised)
             reused = False
-    _, x = walk(denoiser, schedule, long, y, x, plan, noise, member, step,
+    _, x = walk(denoiser, schedule, long, y, x, step_plan.plan, noise, member, step,
                 first=out if reused else None)
-    return x, n_x, n_y, int(plan.total), 0
+    return x, n_x, n_y, int(step_plan.total), 0
 
 
 def reference_rollout(emulator: torch.nn.Module, denoiser: Denoiser | None, schedule: CosineSchedule,
                       initial: torch.Tensor, cfg: RolloutConfig, noise: NoiseSource,
                       members: torch.Tensor | None = None, long: torch.Tensor | None = None,
-                      first_step: int = 0) -> RolloutRecord:
+                      first_step: int = 0) -> RolloutResult:
     """Roll `initial` (B, C, H, W) forward `cfg.steps` physical steps, member by member.
 
     `members` are the global ids keying each member's noise (default 0..B−1); `long` the long-lag
@@ -136,10 +113,7 @@ def reference_rollout(emulator: torch.nn.Module, denoiser: Denoiser | None, sche
                         path, denoiser, schedule, long[b:b + 1], x_b, new, cfg, noise, m_b, step)
                     levels[b, t] = torch.stack([n_x[0], n_y[0]])
                     moves[b, t] = spent
-                if not flag and not bool(torch.isfinite(new).all()):
-                    flag = NONFINITE
-                elif not flag and float(new.abs().max()) > cfg.bound:
-                    flag = OUT_OF_BOUND
+                flag = flag or int(state_flags(new, cfg.bound))
                 if flag:
                     flags[b], flagged_at[b] = flag, first_step + t
                 else:
@@ -147,4 +121,4 @@ def reference_rollout(emulator: torch.nn.Module, denoiser: Denoiser | None, sche
             if (t + 1) % cfg.save_every == 0:
                 saved.append(x.clone())
     states = torch.stack(saved, dim=1) if saved else x.new_zeros((batch, 0, *x.shape[1:]))
-    return RolloutRecord(states, flags, flagged_at, levels, moves)
+    return RolloutResult(states, None, flags, flagged_at, levels, moves)

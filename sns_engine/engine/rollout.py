@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import torch
 
 from sns_engine.config import RolloutConfig
-from sns_engine.diffusion.paths import get_path, settings_of
+from sns_engine.diffusion.paths import get_path
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine import profiling
 from sns_engine.engine.denoiser import Denoiser
 from sns_engine.engine.graphs import Replayer
-from sns_engine.engine.reference import NOISE_LIMIT, NONFINITE, OUT_OF_BOUND
+from sns_engine.engine.rules import NOISE_LIMIT, estimate_levels, refinement, state_flags
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
 from sns_engine.models.unet import find_unet, forward_flops
 from sns_engine.ops import rng
@@ -145,6 +145,8 @@ class Engine:
         if self.path.model is not None and denoiser is None:
             raise ValueError(f"path {cfg.path!r} needs a {self.path.model} but none was given")
         self.stats = EngineStats(per_member=member_flops(emulator, denoiser))
+        if find_unet(emulator) is not None:  # its conv blocks run on the engine's backend
+            emulator = functools.partial(emulator, backend=backend)
         device = initial.device
         if device.type == "cpu" and cpu_chunk:
             emulator = chunked(emulator, cpu_chunk)
@@ -221,26 +223,22 @@ class Engine:
         with profiling.range("estimate"), self.autocast:
             if reuse:
                 out = self.denoiser(self.long, self.x, self.proposal)
-                n_x, n_y = out.logits_x.argmax(-1), out.logits_y.argmax(-1)
+                n_x, n_y = estimate_levels(out)
                 self.stats.count_forward(b, b)
             else:
                 n_y, n_x = self.denoiser.estimate(self.long, self.x, self.proposal)
                 self.stats.count_level_pass(b)
-        plan = self.path.plan(n_x, n_y, settings_of(cfg, sched.num_levels))
-        over_limit = alive & (n_x > cfg.noise_limit) if self.path.flags_noise_limit else None
-        active = alive if over_limit is None else alive & ~over_limit
-        counts = torch.where(active[:, None], plan.counts, 0)
-        walking = counts.sum(1) > 0
+        step_plan = refinement(self.path, n_x, n_y, cfg, sched.num_levels, alive)
+        plan, counts = step_plan.plan, step_plan.counts
         y, x = self.x.clone(), self.proposal.clone()
         step = torch.full((b,), t, dtype=torch.int32, device=y.device)
         with profiling.range("refine"):
             for frame, est, start, stream in ((y, n_y, plan.start_y, rng.STREAM_RENOISE_Y),
                                               (x, n_x, plan.start_x, rng.STREAM_RENOISE_X)):
-                mask = walking & (start > 0) & ((start > est) | cfg.renoise)
-                renoise(frame, torch.where(mask, start, 0).int(), self.member, step, cfg.seed,
-                        sched.sqrt_alpha_bar, sched.sqrt_one_minus_alpha_bar, stream,
-                        backend=self.backend)
-            ticks = schedule_ticks(counts.sum(1), self.buckets)
+                level = step_plan.renoise_levels(est, start, cfg.renoise).int()
+                renoise(frame, level, self.member, step, cfg.seed, sched.sqrt_alpha_bar,
+                        sched.sqrt_one_minus_alpha_bar, stream, backend=self.backend)
+            ticks = schedule_ticks(step_plan.total, self.buckets)
             order = ticks.order
             torch.index_select(x, 0, order, out=self.sx)
             torch.index_select(y, 0, order, out=self.sy)
@@ -262,25 +260,20 @@ class Engine:
             self.stats.refine_forwards.append(len(ticks.active) - int(reuse))
             new = torch.empty_like(x)
             new[order] = self.sx
-        if over_limit is not None:
-            self._flag(over_limit, NOISE_LIMIT, t)
-        moves = torch.where(active, plan.total, 0)
+        self._flag(step_plan.over_limit, NOISE_LIMIT, t)
         levels = torch.where(alive[:, None], torch.stack([n_x, n_y], dim=1), -1)  # frozen: none
-        return new, levels, moves
+        return new, levels, step_plan.total.long()
 
-    def _flag(self, mask: torch.Tensor, flag: int, t: int) -> None:
+    def _flag(self, mask: torch.Tensor, flag: int | torch.Tensor, t: int) -> None:
         self.flags.copy_(torch.where(mask & (self.flags == 0), flag, self.flags))
         self.flagged_at.copy_(torch.where(mask & (self.flagged_at < 0), t, self.flagged_at))
 
     def _accept(self, new: torch.Tensor, alive: torch.Tensor, t: int) -> None:
         """Take the new states of alive members that stayed finite and in bound; flag the rest."""
-        flat = new.flatten(1)
-        finite = torch.isfinite(flat).all(1)
-        in_bound = flat.abs().amax(1) <= self.cfg.bound
         alive = alive & (self.flags == 0)
-        self._flag(alive & ~finite, NONFINITE, t)
-        self._flag(alive & finite & ~in_bound, OUT_OF_BOUND, t)
-        keep = alive & finite & in_bound
+        verdict = state_flags(new, self.cfg.bound)
+        self._flag(alive & (verdict != 0), verdict, t)
+        keep = alive & (verdict == 0)
         self.x.copy_(torch.where(keep[:, None, None, None], new, self.x))  # in place: graphs read x
 
     # ----------------------------------------------------------------------------- resume
@@ -300,7 +293,7 @@ class RolloutResult:
 
     states: torch.Tensor | None     # (B, saved, C, H, W) when no store was asked for
     store: str | None               # path of the Zarr ensemble store, when `out` was given
-    flags: torch.Tensor             # (B,) bit set (see engine.reference)
+    flags: torch.Tensor             # (B,) bit set (see engine.rules)
     flagged_at: torch.Tensor        # (B,) step of the flag, −1 if none
     levels: torch.Tensor            # (B, steps, 2) estimated (n̂_x, n̂_y); −1 where not estimated
     moves: torch.Tensor             # (B, steps) refinement forwards per member and step

@@ -18,6 +18,7 @@ for the disk and memory stays bounded whatever the number of steps.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from pathlib import Path
@@ -29,28 +30,27 @@ import zarr
 from safetensors.torch import load_file, save_file
 
 from sns_engine.config import to_dict
-from sns_engine.data.store import StoreSpec, TrajectoryStore, foreign
+from sns_engine.data.store import StoreSpec, SystemSpec, TrajectoryStore, foreign
+from sns_engine.files import atomic_write
 
 CHECKPOINT = "engine.safetensors"  # engine-r{rank}.safetensors for rank > 0 of a sharded run
 
 
-def create_ensemble_store(out: str | Path, system: dict[str, Any], normalisation: dict[str, Any],
+def create_ensemble_store(out: str | Path, system: SystemSpec, normalisation: dict[str, Any],
                           cfg, members: int, time_chunk: int, resume: bool, overwrite: bool,
                           member_chunk: int | None = None, perturb: float = 0.0) -> TrajectoryStore:
-    """The ensemble store for `members` members of `cfg` (a RolloutConfig); reopened to resume.
+    """The ensemble store for `members` members of `cfg` (a RolloutConfig) of `system` (the
+    bundle's), storing every save_every-th step; reopened to resume.
 
     Per-member arrays are chunked by `member_chunk` members (default: all), so ranks that own
     disjoint, chunk-aligned member ranges never write the same chunk. `perturb` (the initial
     states' perturbation amplitude) is recorded with `cfg`. Only a sns_engine store is ever
     replaced or continued (TrajectoryStore.create refuses anything else)."""
     member_chunk = member_chunk or members
-    spec = StoreSpec(
-        system=system["name"], preset=system["preset"], params=system["params"],
-        channels=system["channels"], channel_names=tuple(system["channel_names"]),
-        grid=system["grid"], snapshot_dt=system["snapshot_dt"] * cfg.save_every,
-        domain_length=system["domain_length"], trajectories=members,
-        snapshots=cfg.steps // cfg.save_every, seed=cfg.seed, trajectory_batch=members,
-        time_chunk=min(time_chunk, max(cfg.steps // cfg.save_every, 1)))
+    saved = dataclasses.replace(system, snapshot_dt=system.snapshot_dt * cfg.save_every)
+    spec = StoreSpec.of(saved, trajectories=members, snapshots=cfg.steps // cfg.save_every,
+                        seed=cfg.seed, trajectory_batch=members,
+                        time_chunk=min(time_chunk, max(cfg.steps // cfg.save_every, 1)))
     out = Path(out)
     record = {**to_dict(cfg), "perturb": perturb}
     if out.exists() and not resume and not overwrite and foreign(out) is None:
@@ -187,12 +187,10 @@ def checkpoint_file(store: TrajectoryStore, rank: int = 0) -> Path:
 def save_checkpoint(store: TrajectoryStore, tensors: dict[str, torch.Tensor], next_step: int,
                     rank: int = 0) -> None:
     """Engine state after `next_step` physical steps, one atomic file (written after a flush)."""
-    file = checkpoint_file(store, rank)
-    tmp = file.with_suffix(".tmp")
     payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     payload["next_step"] = torch.tensor(next_step)
-    save_file(payload, str(tmp))
-    tmp.replace(file)
+    with atomic_write(checkpoint_file(store, rank)) as tmp:
+        save_file(payload, str(tmp))
 
 
 def load_checkpoint(store: TrajectoryStore, rank: int = 0) -> tuple[dict[str, torch.Tensor], int] | None:

@@ -10,7 +10,8 @@ from sns_engine.models.unet import UNet, UNetConfig, unet_preset
 
 
 class Emulator(nn.Module):
-    """forward(x (B, C, H, W)) = x + U-Net(x): the network predicts x_{t+1} − x_t."""
+    """forward(x (B, C, H, W)) = x + U-Net(x): the network predicts x_{t+1} − x_t. `backend`: the
+    fused ops' backend of the call (models.unet.UNet)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -25,5 +26,5 @@ class Emulator(nn.Module):
         """The U-Net config of an emulator for `channels`-channel frames (num_levels unused)."""
         return unet_preset(preset, channels, channels, grid, heads=0, num_levels=num_levels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.unet(x)[0]
+    def forward(self, x: torch.Tensor, backend: str | None = "torch") -> torch.Tensor:
+        return x + self.unet(x, backend=backend)[0]

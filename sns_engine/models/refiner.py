@@ -25,7 +25,8 @@ class RefinerOutput(NamedTuple):
 
 
 class Refiner(nn.Module):
-    """forward(long, y, x), each (B, C, H, W) → RefinerOutput; C = cfg.out_channels / 2."""
+    """forward(long, y, x), each (B, C, H, W) → RefinerOutput; C = cfg.out_channels / 2. Every
+    pass takes `backend`, the fused ops' backend of the call (models.unet.UNet)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -43,20 +44,21 @@ class Refiner(nn.Module):
         return unet_preset(preset, 3 * channels, 2 * channels, grid, heads=2,
                            num_levels=num_levels, condition_decoder=True)
 
-    def forward(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> RefinerOutput:
-        out, (logits_y, logits_x) = self.unet(torch.cat([long, y, x], dim=1))
+    def forward(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                backend: str | None = "torch") -> RefinerOutput:
+        out, (logits_y, logits_x) = self.unet(torch.cat([long, y, x], dim=1), backend=backend)
         eps_y, eps_x = out.split(self.channels, dim=1)
         return RefinerOutput(eps_y, eps_x, logits_y, logits_x)
 
-    def levels(self, long: torch.Tensor, y: torch.Tensor,
-               x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def levels(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+               backend: str | None = "torch") -> tuple[torch.Tensor, torch.Tensor]:
         """Only the level logits (logits_y, logits_x), skipping the decoder."""
-        logits_y, logits_x = self.unet.levels(torch.cat([long, y, x], dim=1))
+        logits_y, logits_x = self.unet.levels(torch.cat([long, y, x], dim=1), backend=backend)
         return logits_y, logits_x
 
     def estimate(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
                  backend: str | None = "torch") -> tuple[torch.Tensor, torch.Tensor]:
         """The argmax levels (n̂_y, n̂_x), skipping the decoder (the authors' `ratio_class_both`,
         both heads from one encoder pass); the heads' last linear + argmax run fused (`backend`)."""
-        n_y, n_x = self.unet.level_estimates(torch.cat([long, y, x], dim=1), backend)
+        n_y, n_x = self.unet.level_estimates(torch.cat([long, y, x], dim=1), backend=backend)
         return n_y, n_x

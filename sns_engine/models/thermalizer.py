@@ -10,7 +10,8 @@ from sns_engine.models.unet import UNet, UNetConfig, unet_preset
 
 
 class Thermalizer(nn.Module):
-    """forward(x (B, C, H, W) at an unknown level) → (ε̂ (B, C, H, W), logits (B, N + 1))."""
+    """forward(x (B, C, H, W) at an unknown level) → (ε̂ (B, C, H, W), logits (B, N + 1)). Every
+    pass takes `backend`, the fused ops' backend of the call (models.unet.UNet)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -25,14 +26,15 @@ class Thermalizer(nn.Module):
         """The U-Net config of a Thermalizer for `channels`-channel frames and N = num_levels."""
         return unet_preset(preset, channels, channels, grid, heads=1, num_levels=num_levels)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        eps, (logits,) = self.unet(x)
+    def forward(self, x: torch.Tensor, backend: str | None = "torch"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        eps, (logits,) = self.unet(x, backend=backend)
         return eps, logits
 
-    def levels(self, x: torch.Tensor) -> torch.Tensor:
+    def levels(self, x: torch.Tensor, backend: str | None = "torch") -> torch.Tensor:
         """Only the level logits, skipping the decoder."""
-        return self.unet.levels(x)[0]
+        return self.unet.levels(x, backend=backend)[0]
 
     def estimate(self, x: torch.Tensor, backend: str | None = "torch") -> torch.Tensor:
         """The argmax level (B,), skipping the decoder; last linear + argmax fused (`backend`)."""
-        return self.unet.level_estimates(x, backend)[0]
+        return self.unet.level_estimates(x, backend=backend)[0]

@@ -18,8 +18,10 @@ GELU, circular padding):
 - `ResidualBlock` is pre-activation: h = conv1(GELU(u)) + b1, then for each level embedding e
   h = GELU(h + W e), then h = conv2(GELU(h)) + b2 and again h = GELU(h + W' e) per embedding;
   out = h + shortcut(u), the shortcut an identity or a 1×1 conv. Without embeddings that is
-  conv2(GELU(conv1(GELU(u)))) + shortcut(u). `UNet.set_backend("triton")` runs every residual
-  block through the fused conv kernels (ops.conv_block; inference only).
+  conv2(GELU(conv1(GELU(u)))) + shortcut(u). Every pass takes the fused ops' `backend` per call
+  (default "torch"): "triton" (or "cuda", or "auto" on a GPU) runs every residual block through the
+  fused conv kernels (ops.conv_block; inference only) and the level estimate's last linear + argmax
+  through ops.level_argmax; the model holds no backend state.
 - Downsampling is a stride-2 3×3 conv with circular padding; upsampling the authors' 4×4
   stride-2 transposed conv with zero padding 1 (it keeps the channel count). That transposed conv
   is not periodic at the borders, so, unlike the encoder, the decoder is not shift-equivariant.
@@ -52,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sns_engine.config import ConfigError
-from sns_engine.ops.conv_block import check_conv_backend, conv_backend, residual_block
+from sns_engine.config import UNET_PRESETS, ConfigError
+from sns_engine.ops.conv_block import block_backend, residual_block
 from sns_engine.ops.level_argmax import level_argmax
 
 GELU_GAIN = math.sqrt(2.0)   # He gain: keeps the second moment through a (near-)rectifier
@@ -129,30 +131,15 @@ class UNetConfig:
         return (self.level_embedding or self.head_classes) if self.condition_decoder else 0
 
 
-PRESETS: dict[str, dict] = {
-    # the authors' network as the paper counts it (73,727,522 parameters: their
-    # ModernUnetDoubleRegressor_plus without attention; docs/method.md §Network): 64 → 128·256·512,
-    # two blocks per level, heads conv → 16 ch → linear N+1 → linear N+1, decoder conditioned
-    # through N+1-wide level embeddings
-    "paper": dict(hidden=64, channel_mults=(2, 2, 2), blocks_per_level=2, attention_levels=(),
-                  mid_attention=False, attention_heads=1, head_channels=16, head_hidden=None,
-                  level_embedding=None),
-    # CPU-sized: 8 → 16·32·64, one block per level, no attention, heads and level embeddings
-    # 64 wide (an (N+1)² layer alone would be 1 M parameters)
-    "small": dict(hidden=8, channel_mults=(2, 2, 2), blocks_per_level=1, attention_levels=(),
-                  mid_attention=False, attention_heads=1, head_channels=16, head_hidden=64,
-                  level_embedding=64),
-}
-
-
 def unet_preset(name: str, in_channels: int, out_channels: int, grid: int, heads: int = 0,
                 num_levels: int = 1000, condition_decoder: bool = False) -> UNetConfig:
-    """The named preset ("paper" or "small") for the given channels, grid and level heads."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown U-Net preset {name!r}; choose one of {sorted(PRESETS)}")
+    """The named preset (config.UNET_PRESETS: "paper" or "small") for the given channels, grid
+    and level heads."""
+    if name not in UNET_PRESETS:
+        raise ConfigError(f"unknown U-Net preset {name!r}; choose one of {sorted(UNET_PRESETS)}")
     return UNetConfig(in_channels=in_channels, out_channels=out_channels, grid=grid, heads=heads,
                       head_classes=num_levels + 1, condition_decoder=condition_decoder,
-                      **PRESETS[name])
+                      **UNET_PRESETS[name])
 
 
 def init_layer(layer: nn.Conv2d | nn.ConvTranspose2d | nn.Linear, gain: float) -> None:
@@ -186,9 +173,9 @@ def _embedding_maps(embeddings: int, width: int, channels: int) -> nn.ModuleList
 class ResidualBlock(nn.Module):
     """Pre-activation residual block with optional level-embedding shifts (module docstring).
 
-    forward(x, skip, embeddings) reads u = cat([x, skip], 1); `embeddings` are the (B, width)
-    level embeddings, one per head, in head order. `backend` (a plain attribute, not in the
-    state_dict) picks ops.conv_block's implementation."""
+    forward(x, skip, embeddings, backend) reads u = cat([x, skip], 1); `embeddings` are the
+    (B, width) level embeddings, one per head, in head order; `backend` is ops.conv_block's
+    ("torch", "triton" or "auto")."""
 
     def __init__(self, c_in: int, c_out: int, embeddings: int = 0, width: int = 0):
         super().__init__()
@@ -201,11 +188,11 @@ class ResidualBlock(nn.Module):
         init_layer(self.conv2, 0.0)
         if isinstance(self.shortcut, nn.Conv2d):
             init_layer(self.shortcut, 1.0)
-        self.backend = "torch"
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
-                embeddings: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
-        return residual_block(self, x, skip, embeddings, self.backend)
+                embeddings: tuple[torch.Tensor, ...] = (), backend: str | None = "torch"
+                ) -> torch.Tensor:
+        return residual_block(self, x, skip, embeddings, backend)
 
 
 class SelfAttention(nn.Module):
@@ -237,8 +224,9 @@ class Unit(nn.Module):
         self.attention = SelfAttention(c_out, heads) if attention else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
-                embeddings: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
-        h = self.block(x, skip, embeddings)
+                embeddings: tuple[torch.Tensor, ...] = (), backend: str | None = "torch"
+                ) -> torch.Tensor:
+        h = self.block(x, skip, embeddings, backend)
         return h if self.attention is None else self.attention(h)
 
 
@@ -314,11 +302,11 @@ def _in_chunks(method: Callable) -> Callable:
     (a tensor, or a tuple or list of them) concatenated (the small preset at 64²: 10–20 % faster
     at batch 64 than in one call)."""
     @functools.wraps(method)
-    def run(self: UNet, x: torch.Tensor, *args, **kwargs):
+    def run(self: UNet, x: torch.Tensor, backend: str | None = "torch"):
         self._check(x)
-        if x.shape[0] <= FAST_CPU_CHUNK or not self._fast(x):
-            return method(self, x, *args, **kwargs)
-        return _cat([method(self, part, *args, **kwargs) for part in x.split(FAST_CPU_CHUNK)])
+        if x.shape[0] <= FAST_CPU_CHUNK or not self._fast(x, backend):
+            return method(self, x, backend)
+        return _cat([method(self, part, backend) for part in x.split(FAST_CPU_CHUNK)])
 
     return run
 
@@ -347,6 +335,11 @@ def _block_fast(block: ResidualBlock, x: torch.Tensor, skip: torch.Tensor | None
 
 class UNet(nn.Module):
     """x (B, in, grid, grid) → (out (B, out, grid, grid), [logits (B, classes) per head]).
+
+    Every pass takes `backend`, the fused ops' backend for this call: "torch" (default), "triton",
+    "cuda" or "auto" (ops.dispatch); the residual blocks run ops.conv_block under it (Triton for
+    "cuda": `block_backend`), `level_estimates` also ops.level_argmax. Weights and state_dict do
+    not depend on it.
 
     On the CPU, in inference (no tensor needs a gradient), with the "torch" conv backend and
     float32, it runs a fast path (unless `fast_cpu` is False, see `use_fast_cpu`): channels_last
@@ -396,33 +389,23 @@ class UNet(nn.Module):
                       cfg.head_classes) for _ in range(cfg.heads))
         self.level_embeddings = nn.ModuleList(
             LevelEmbedding(cfg.head_classes, width) for _ in range(n_emb))
-        self.backend = "torch"
         self.fast_cpu = True
 
-    def set_backend(self, backend: str) -> UNet:
-        """Run every ResidualBlock with ops.conv_block `backend`: "torch" (default), "triton"
-        (fused kernels, inference only) or "auto". Weights and state_dict are unchanged."""
-        check_conv_backend(backend)
-        for module in self.modules():
-            if isinstance(module, ResidualBlock):
-                module.backend = backend
-        self.backend = backend
-        return self
-
-    def _fast(self, x: torch.Tensor) -> bool:
+    def _fast(self, x: torch.Tensor, backend: str | None) -> bool:
         """Whether this call takes the CPU fast path (class docstring)."""
         return (self.fast_cpu and x.device.type == "cpu" and x.dtype == torch.float32
-                and conv_backend(self.backend, x.device) == "torch"
+                and block_backend(backend, x.device) == "torch"
                 and not torch.is_autocast_enabled("cpu")
                 and not (torch.is_grad_enabled()
                          and (x.requires_grad or any(p.requires_grad for p in self.parameters()))))
 
     @staticmethod
-    def _unit(unit: Unit, h: torch.Tensor, fast: bool, skip: torch.Tensor | None = None,
-              embeddings: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
-        """`unit(h, skip, embeddings)`, its residual block on the fast path if `fast`."""
+    def _unit(unit: Unit, h: torch.Tensor, convs: str, fast: bool,
+              skip: torch.Tensor | None = None, embeddings: tuple[torch.Tensor, ...] = ()
+              ) -> torch.Tensor:
+        """`unit(h, skip, embeddings, convs)`, its residual block on the fast path if `fast`."""
         if not fast:
-            return unit(h, skip, embeddings)
+            return unit(h, skip, embeddings, convs)
         h = _block_fast(unit.block, h, skip, embeddings)
         return h if unit.attention is None else unit.attention(h)
 
@@ -432,25 +415,27 @@ class UNet(nn.Module):
             raise ValueError(f"U-Net input has shape {tuple(x.shape)}; this network takes "
                              f"(B, {cfg.in_channels}, {cfg.grid}, {cfg.grid})")
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode(self, x: torch.Tensor, backend: str | None = "torch"
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Bottleneck features (after the middle block) and the skip stack."""
         self._check(x)
-        fast = self._fast(x)
+        convs, fast = block_backend(backend, x.device), self._fast(x, backend)
         h = _conv_fast(self.stem, x) if fast else self.stem(x)
         skips = [h]
         for i, level in enumerate(self.encoder):
             for unit in level:
-                h = self._unit(unit, h, fast)
+                h = self._unit(unit, h, convs, fast)
                 skips.append(h)
             if i < len(self.down):
                 h = _conv_fast(self.down[i], h) if fast else self.down[i](h)
                 skips.append(h)
         for unit in self.middle:
-            h = self._unit(unit, h, fast)
+            h = self._unit(unit, h, convs, fast)
         return h, skips
 
     def decode(self, h: torch.Tensor, skips: list[torch.Tensor],
-               logits: list[torch.Tensor] | None = None) -> torch.Tensor:
+               logits: list[torch.Tensor] | None = None, backend: str | None = "torch"
+               ) -> torch.Tensor:
         """Decoder output from bottleneck features; consumes the skip stack. A decoder
         conditioned on the heads reads their `logits` (one per head, in head order)."""
         embeddings: tuple[torch.Tensor, ...] = ()
@@ -459,19 +444,19 @@ class UNet(nn.Module):
                 raise ValueError(f"this decoder is conditioned on {len(self.level_embeddings)} "
                                  f"heads' logits, got {0 if logits is None else len(logits)}")
             embeddings = tuple(embed(z) for embed, z in zip(self.level_embeddings, logits, strict=True))
-        fast = self._fast(h)
+        convs, fast = block_backend(backend, h.device), self._fast(h, backend)
         for i, level in enumerate(self.decoder):
             for unit in level:
-                h = self._unit(unit, h, fast, skips.pop(), embeddings)
+                h = self._unit(unit, h, convs, fast, skips.pop(), embeddings)
             if i < len(self.up):
                 h = self.up[i](h)
         return _conv_fast(self.out, h, gelu=True).contiguous() if fast else self.out(F.gelu(h))
 
-    def _features(self, h: torch.Tensor) -> list[torch.Tensor]:
+    def _features(self, h: torch.Tensor, backend: str | None) -> list[torch.Tensor]:
         """Each head's `features(h)`. On the fast path the heads share GELU(h) and its halo, and
         run their convs as one: conv1 stacked, conv2 grouped."""
         heads = self.level_heads
-        if not heads or not self._fast(h):
+        if not heads or not self._fast(h, backend):
             return [head.features(h) for head in heads]
         mid = F.conv2d(_circular_pad(h, gelu=True), *_stacked(head.conv1 for head in heads))
         mid = F.conv2d(_gelu_nhwc(mid, inplace=True), *_stacked(head.conv2 for head in heads),
@@ -479,29 +464,32 @@ class UNet(nn.Module):
         return [F.gelu(head.fc1(m.flatten(1)))
                 for head, m in zip(heads, mid.chunk(len(heads), 1), strict=True)]
 
-    def level_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """Each head's logits (B, head_classes) from bottleneck features."""
-        return [head.fc2(f) for head, f in zip(self.level_heads, self._features(h), strict=True)]
+    def level_logits(self, h: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
+        """Each head's logits (B, head_classes) from bottleneck features (`backend` only decides
+        whether the heads' convs take the CPU fast path)."""
+        features = self._features(h, backend)
+        return [head.fc2(f) for head, f in zip(self.level_heads, features, strict=True)]
 
     @_in_chunks
-    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def levels(self, x: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
         """Only the level logits: encoder, middle and heads, no decoder."""
-        return self.level_logits(self.encode(x)[0])
+        return self.level_logits(self.encode(x, backend)[0], backend)
 
     @_in_chunks
     def level_estimates(self, x: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
         """Each head's argmax level (B,) int64 from encoder, middle and heads, no decoder; the
         heads' last linear and the argmax are one fused op (ops.level_argmax, `backend`), which
         never writes the logits."""
-        features = self._features(self.encode(x)[0])
+        features = self._features(self.encode(x, backend)[0], backend)
         return [level_argmax(f, head.fc2.weight, head.fc2.bias, backend=backend)
                 for head, f in zip(self.level_heads, features, strict=True)]
 
     @_in_chunks
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h, skips = self.encode(x)
-        logits = self.level_logits(h)
-        return self.decode(h, skips, logits), logits
+    def forward(self, x: torch.Tensor, backend: str | None = "torch"
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h, skips = self.encode(x, backend)
+        logits = self.level_logits(h, backend)
+        return self.decode(h, skips, logits, backend), logits
 
 
 def count_parameters(model: nn.Module) -> int:

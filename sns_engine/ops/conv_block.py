@@ -21,6 +21,8 @@ inference_mode) and refuses inputs that need gradients; training runs the torch 
 
 Backends: "torch", "triton", "auto" (Triton on CUDA, torch elsewhere; see ops.dispatch). This op
 has no CUDA C++ kernel: "cuda" is refused, and "auto" picks Triton even where the extension is built.
+A network that runs all its fused ops under one backend name asks `block_backend` for its convs'
+("cuda" runs Triton there). The Triton module is imported only when the Triton path runs.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from sns_engine.kernels import KernelInputError
-from sns_engine.kernels import conv_block as kernel
-from sns_engine.ops.dispatch import BackendError, resolve_backend
+from sns_engine.kernels import MAX_SHIFTS, KernelInputError
+from sns_engine.ops.dispatch import BackendError, implementation, resolve_backend
 
 CONV_BACKENDS = ("auto", "torch", "triton")
 
@@ -65,6 +66,13 @@ def check_conv_backend(name: str | None) -> None:
 def conv_backend(name: str | None, device: str | torch.device) -> str:
     """"torch" or "triton": the implementation `name` selects on `device`."""
     check_conv_backend(name)
+    return block_backend(name, device)
+
+
+def block_backend(name: str | None, device: str | torch.device) -> str:
+    """"torch" or "triton": the conv implementation of a network whose fused ops run under `name`,
+    any name of ops.dispatch (checked there). "cuda" runs the Triton kernel: this op has no CUDA
+    C++ kernel, and Triton is what "auto" picks where the extension is built."""
     return "torch" if resolve_backend(name, device) == "torch" else "triton"
 
 
@@ -85,8 +93,8 @@ def _check(x, weight, bias, shifts, residual, extra_input) -> None:
     c_out = weight.shape[0]
     if bias is not None and bias.shape != (c_out,):
         raise KernelInputError(f"{op}: bias has shape {tuple(bias.shape)}, expected ({c_out},)")
-    if len(shifts) > kernel.MAX_SHIFTS:
-        raise KernelInputError(f"{op}: at most {kernel.MAX_SHIFTS} shifts (one per level head), got "
+    if len(shifts) > MAX_SHIFTS:
+        raise KernelInputError(f"{op}: at most {MAX_SHIFTS} shifts (one per level head), got "
                                f"{len(shifts)}")
     for shift in shifts:
         if shift.shape != (batch, c_out):
@@ -116,7 +124,13 @@ def _nhwc(t: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Ten
     return None if t is None else t.to(dtype or t.dtype).permute(0, 2, 3, 1).contiguous()
 
 
-def _conv3x3_triton(x, weight, bias, pre_gelu, shifts, residual, extra_input) -> torch.Tensor:
+def conv3x3_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   pre_gelu: bool = False, shifts: Sequence[torch.Tensor] = (),
+                   residual: torch.Tensor | None = None,
+                   extra_input: torch.Tensor | None = None) -> torch.Tensor:
+    """The op through the Triton kernel (NCHW in, channels_last NCHW out; module docstring)."""
+    from sns_engine.kernels import conv_block as kernel  # imports triton: only when this runs
+
     inputs = (x, weight, bias, residual, extra_input, *shifts)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         raise BackendError("conv3x3_circular: the Triton kernel has no backward; run it under "
@@ -140,9 +154,8 @@ def conv3x3_circular(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     is added per sample and channel and followed by a GELU; residual (B, C_out, H, W) or None.
     The Triton path takes float32 or bfloat16 and returns channels_last memory format."""
     _check(x, weight, bias, shifts, residual, extra_input)
-    if conv_backend(backend, x.device) == "triton":
-        return _conv3x3_triton(x, weight, bias, pre_gelu, shifts, residual, extra_input)
-    return conv3x3_reference(x, weight, bias, pre_gelu, shifts, residual, extra_input)
+    run = implementation("conv3x3_circular", conv_backend(backend, x.device))
+    return run(x, weight, bias, pre_gelu, shifts, residual, extra_input)
 
 
 def _shortcut(shortcut: Any, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:

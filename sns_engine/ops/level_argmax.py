@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from sns_engine.kernels import level_argmax as kernel
-from sns_engine.ops import cuda_ext
-from sns_engine.ops.dispatch import resolve_backend
+from sns_engine.kernels import check_level_argmax
+from sns_engine.ops.dispatch import implementation, resolve_backend
 
 
 def level_argmax_reference(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                            return_max_prob: bool = False):
-    """The op in plain torch: float64 if any input is float64 (the tests' oracle), else float32."""
+    """The op in plain torch: float64 if any input is float64 (the tests' oracle), else float32
+    (what `level_argmax` takes: float32 or bfloat16, so p_max is float32 on every backend)."""
     wide = torch.float64 in (features.dtype, weight.dtype, bias.dtype)
     dtype = torch.float64 if wide else torch.float32
     logits = torch.addmm(bias.to(dtype), features.to(dtype), weight.to(dtype).T)
@@ -35,11 +35,5 @@ def level_argmax(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
     Inputs float32 or bfloat16, contiguous, on one device. backend as in ops.dispatch."""
     which = resolve_backend(backend, features.device)
-    if which == "triton":
-        return kernel.level_argmax(features, weight, bias, return_max_prob)
-    kernel.check_level_argmax("level_argmax", features, weight, bias)
-    if which == "cuda":
-        idx, p_max = cuda_ext.load().level_argmax(features, weight, bias, return_max_prob)
-        return (idx, p_max) if return_max_prob else idx
-    out = level_argmax_reference(features, weight, bias, return_max_prob)
-    return (out[0], out[1].float()) if return_max_prob else out
+    check_level_argmax("level_argmax", features, weight, bias)
+    return implementation("level_argmax", which)(features, weight, bias, return_max_prob)

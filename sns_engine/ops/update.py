@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 
 from sns_engine.diffusion.paths import X, Y
-from sns_engine.kernels import ddpm_update as kernel
-from sns_engine.ops import cuda_ext, rng
-from sns_engine.ops.dispatch import resolve_backend
+from sns_engine.kernels import check_renoise, check_tick
+from sns_engine.ops import rng
+from sns_engine.ops.dispatch import implementation, resolve_backend
 
 
 def active_moves(moves: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,14 +94,8 @@ def ddpm_tick(x: torch.Tensor, y: torch.Tensor, eps_x: torch.Tensor, eps_y: torc
     contiguous on one device. backend: "auto", "torch", "triton" or "cuda" (ops.dispatch)."""
     which = resolve_backend(backend, x.device)
     args = (x, y, eps_x, eps_y, n_x, n_y, moves, counts, member, step)
-    if which == "triton":
-        kernel.ddpm_tick(*args, rng.check_seed(seed), coefs)
-        return
-    kernel.check_tick("ddpm_tick", *args, coefs)
-    if which == "cuda":
-        cuda_ext.load().ddpm_tick(*args, rng.check_seed(seed), coefs)
-    else:
-        tick_reference(*args, rng.check_seed(seed), coefs)
+    check_tick("ddpm_tick", *args, coefs)
+    implementation("ddpm_tick", which)(*args, rng.check_seed(seed), coefs)
 
 
 def renoise(frame: torch.Tensor, level: torch.Tensor, member: torch.Tensor, step: torch.Tensor,
@@ -114,11 +108,5 @@ def renoise(frame: torch.Tensor, level: torch.Tensor, member: torch.Tensor, step
     sqrt_1mab (N + 1,) float32 (schedule.sqrt_alpha_bar, schedule.sqrt_one_minus_alpha_bar)."""
     which = resolve_backend(backend, frame.device)
     args = (frame, level, member, step, rng.check_seed(seed), sqrt_ab, sqrt_1mab, int(stream))
-    if which == "triton":
-        kernel.renoise(*args)
-        return
-    kernel.check_renoise("renoise", frame, level, member, step, sqrt_ab, sqrt_1mab)
-    if which == "cuda":
-        cuda_ext.load().renoise(*args)
-    else:
-        renoise_reference(*args)
+    check_renoise("renoise", frame, level, member, step, sqrt_ab, sqrt_1mab)
+    implementation("renoise", which)(*args)

@@ -29,7 +29,6 @@ MODELS = ("emulator", "refiner", "thermalizer")
 STUDY_SET = {"train": ("model", "steps"), "rollout": ("path", "steps", "seed", "save_every")}
 RECIPE_KEYS = ("system", "preset", "sizes", "overrides", "train", "rollout", "methods", "bundle",
                "calibration_data", "criteria", "description", "notes", "expected_cost")
-SPECIAL = {"threshold": "calibrated", "match": None}  # method settings the study resolves itself
 SIZES = ("trajectories", "snapshots", "reference_trajectories", "reference_snapshots",
          "trajectory_batch", "train_steps", "members", "horizon", "save_every", "windows")
 _METHOD = re.compile(r"^(\w+)(?:\[(.*)\])?$")
@@ -155,7 +154,9 @@ class StudyConfig:
                              "solver store the bundle was trained on (its held-out frames are read)")
 
     def _check_method(self, m: Method, methods: dict[str, Method]) -> None:
-        settings = {k: v for k, v in m.settings.items() if k not in SPECIAL}
+        # match= and threshold=calibrated are resolved by the study; every other setting is checked
+        settings = {k: v for k, v in m.settings.items()
+                    if k != "match" and (k, v) != ("threshold", "calibrated")}
         try:
             from_dict(RolloutConfig, {**self.rollout, **settings, "path": m.path})
         except ValueError as err:

@@ -143,7 +143,8 @@ def _claim(out: Path, cfg: StudyConfig) -> None:
 def _data_stage(cfg: StudyConfig, solver, out: Path, log: StageLog, quiet: bool) -> dict[str, Path]:
     """Training store (unless a bundle is given), reference and control stores. Reference and
     control are stored every `save_every` model steps, after `reference_spinup` solver steps."""
-    from sns_engine.data import TrajectoryStore, generate
+    from sns_engine.data import TrajectoryStore
+    from sns_engine.generation import generate
     from sns_engine.systems import get_system
 
     long_run = {"steps_per_snapshot": solver.params.steps_per_snapshot * cfg.save_every}
@@ -311,7 +312,7 @@ def _match_thermalizer(cfg: StudyConfig, bundle, initial: torch.Tensor, target: 
 def pilot_cost(cfg: StudyConfig, bundle, initial: torch.Tensor,
                settings: dict[str, Any]) -> dict[str, float]:
     """Work per member-step of a `pilot_steps` in-memory rollout with `settings`."""
-    from sns_engine.engine.ensemble import rollout
+    from sns_engine.api import rollout
 
     steps = cfg.pilot_steps
     options = {k: v for k, v in settings.items() if k != "path"}
@@ -373,7 +374,7 @@ def roll_out(cfg: StudyConfig, settings: dict[str, Any], bundle, initial: torch.
              device: str | None = None) -> dict[str, Any]:
     """Roll out the study's members from `initial` with the resolved `settings` into `store`
     (continuing it with `resume`, replacing it otherwise); returns its cost (`rollout_cost`)."""
-    from sns_engine.engine.ensemble import rollout
+    from sns_engine.api import rollout
 
     options = {k: v for k, v in settings.items() if k != "path"}
     start = time.perf_counter()

@@ -36,11 +36,11 @@ from sns_engine.bundle import (
     read_config,
     save_initial,
     save_model,
-    store_system,
 )
 from sns_engine.config import TrainConfig, to_dict, write_json
 from sns_engine.data import FrameWindows, TrajectoryStore, refiner_triples, windows
 from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.files import atomic_write
 from sns_engine.models import build_model, model_unet_config
 from sns_engine.train import losses
 
@@ -170,9 +170,8 @@ def save_checkpoint(out: Path, trainer: Trainer, history: list[dict[str, Any]]) 
     """Training state (raw + EMA weights, optimizer) then the step record: resume restarts here."""
     tensors_file, record_file = checkpoint_paths(out, trainer.cfg.model)
     tensors_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tensors_file.with_suffix(".tmp")
-    save_file(trainer.state_tensors(), str(tmp))
-    tmp.replace(tensors_file)
+    with atomic_write(tensors_file) as tmp:
+        save_file(trainer.state_tensors(), str(tmp))
     write_json(record_file, {"step": trainer.step, "train": to_dict(trainer.cfg),
                              "history": history})
 
@@ -200,7 +199,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
 
     store = TrajectoryStore(data)
     store.check_complete()
-    system = store_system(store)
+    system = store.spec.system_spec
     schedule = CosineSchedule(cfg.num_levels)
     config = read_config(out) or new_config(system, store.normalisation, schedule)
     check_compatible(config, system, str(data))

@@ -20,9 +20,9 @@ import torch
 
 import sns_engine
 from sns_engine import cli
+from sns_engine.api import DEFAULT_BUNDLE
 from sns_engine.config import ConfigError, ConfigTypeError
 from sns_engine.diffusion.paths import PATHS
-from sns_engine.engine.ensemble import DEFAULT_BUNDLE
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--batch", "1", "--steps", "1", "--path", "emulator", "--quiet"]
@@ -336,8 +336,8 @@ def test_public_functions_have_explicit_documented_signatures():
 
 def test_facade_defaults_match_the_implementations():
     from sns_engine.bundle import load_bundle
-    from sns_engine.data import generate
     from sns_engine.diagnostics.evaluate import evaluate
+    from sns_engine.generation import generate
 
     for facade, impl in ((sns_engine.generate_data, generate), (sns_engine.evaluate, evaluate),
                          (sns_engine.load_bundle, load_bundle)):

@@ -12,14 +12,15 @@ from sns_engine.data import (
     FrameWindows,
     StoreError,
     StoreSpec,
+    SystemSpec,
     TrajectoryStore,
-    generate,
     pairs,
     refiner_triples,
     windows,
 )
 from sns_engine.data.datasets import memory_budget
 from sns_engine.data.store import remove_ours
+from sns_engine.generation import generate
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,21 @@ def test_generate_writes_all_snapshots_and_normalisation(tmp_path):
     std = np.asarray(store.normalisation["std"])
     np.testing.assert_allclose(std, data.std(axis=(0, 1, 3, 4)), rtol=1e-5)
     assert store.fields.chunks == (1, 3, 2, 8, 8)
+
+
+def test_identity_attrs_keep_their_layout_and_hold_the_system_record(tmp_path):
+    """attrs["sns_engine"] is flat, system fields first (stores written before the system record
+    existed still open); its system part is the store's `SystemSpec`."""
+    store = make(tmp_path)
+    attrs = store.root.attrs["sns_engine"]
+    assert list(attrs) == ["format", "version", "system", "preset", "params", "channels",
+                           "channel_names", "grid", "snapshot_dt", "domain_length", "trajectories",
+                           "snapshots", "seed", "trajectory_batch", "time_chunk"]
+    system = store.spec.system_spec
+    assert type(system) is SystemSpec
+    assert system == SystemSpec("toy", "cpu", {"rate": 0.3}, 2, ("a", "b"), 8, 0.5, 1.0)
+    assert StoreSpec.of(system, trajectories=5, snapshots=7, seed=3, trajectory_batch=2,
+                        time_chunk=3) == store.spec
 
 
 def test_same_seed_same_data_other_seed_differs(tmp_path):

@@ -4,15 +4,17 @@ import pytest
 import torch
 import zarr
 
+from sns_engine.api import DEFAULT_BUNDLE, rollout
 from sns_engine.bundle import load_bundle
 from sns_engine.config import RolloutConfig
 from sns_engine.data.store import StoreError, TrajectoryStore
 from sns_engine.diffusion.paths import PATHS
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
-from sns_engine.engine.ensemble import DEFAULT_BUNDLE, PERTURB, initial_conditions, rollout
-from sns_engine.engine.reference import NONFINITE, reference_rollout
+from sns_engine.engine.initial import PERTURB, initial_conditions
+from sns_engine.engine.reference import reference_rollout
 from sns_engine.engine.rollout import Engine, chunked, drive
+from sns_engine.engine.rules import NONFINITE
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
 
 from .toys import ToyEmulator, ToyRefiner, ToyThermalizer

@@ -197,17 +197,19 @@ def test_initialisation_starts_at_identity_with_order_one_activations():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_fused_level_estimates_equal_the_argmax_of_the_logits(backend):
     """The estimate (encoder, middle, heads' features, then last linear + argmax in one op,
-    ops.level_argmax) reads the same levels as the argmax of the heads' logits."""
+    ops.level_argmax) reads the same levels as the argmax of the heads' logits, both passes with
+    the same backend (the conv blocks run under it too)."""
     model = randomize(Refiner(Refiner.unet_config("small", 1, GRID, num_levels=40)), seed=6)
     frames = [fresh(5, 1, GRID, GRID, seed=60 + s) for s in range(3)]
     with torch.no_grad():
-        logits_y, logits_x = model.levels(*frames)
+        logits_y, logits_x = model.levels(*frames, backend=backend)
         n_y, n_x = model.estimate(*frames, backend=backend)
     assert torch.equal(n_y, logits_y.argmax(-1)) and torch.equal(n_x, logits_x.argmax(-1))
     assert len(set(n_x.tolist())) > 1                        # not a constant answer
     therm = randomize(Thermalizer(Thermalizer.unet_config("small", 1, GRID, num_levels=40)), seed=7)
     with torch.no_grad():
-        assert torch.equal(therm.estimate(frames[0], backend=backend), therm.levels(frames[0]).argmax(-1))
+        assert torch.equal(therm.estimate(frames[0], backend=backend),
+                           therm.levels(frames[0], backend=backend).argmax(-1))
 
 
 def hand_flops(cfg: UNetConfig, levels_only: bool = False) -> int:
@@ -334,10 +336,10 @@ def test_cpu_fast_path_is_taken_only_for_float32_cpu_inference_with_the_torch_ba
     unet = randomize(UNet(Refiner.unet_config("small", 1, GRID, num_levels=20)), seed=13)
     x = fresh(2, 3, GRID, GRID, seed=130)
 
-    def fast(model, inputs, grad=False):
+    def fast(model, inputs, grad=False, backend="torch"):
         blocks.clear()
         with torch.set_grad_enabled(grad):
-            model.levels(inputs)
+            model.levels(inputs, backend=backend)
         return bool(blocks)
 
     assert fast(unet, x)
@@ -345,6 +347,6 @@ def test_cpu_fast_path_is_taken_only_for_float32_cpu_inference_with_the_torch_ba
     assert fast(unet.requires_grad_(False), x, grad=True)    # nothing needs one
     assert not fast(unet.double(), x.double())
     assert not fast(use_fast_cpu(unet.float(), False), x)
-    assert not fast(use_fast_cpu(unet).set_backend("triton"), x)
+    assert not fast(use_fast_cpu(unet), x, backend="triton")
     loss = UNet(Refiner.unet_config("small", 1, GRID, num_levels=20))(x)[0].square().sum()
     loss.backward()

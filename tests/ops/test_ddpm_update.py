@@ -13,12 +13,10 @@ from sns_engine.kernels import ddpm_update as kernel
 from sns_engine.ops import cuda_ext, rng, update
 from sns_engine.ops.dispatch import BackendError, available_backends, resolve_backend
 
-from .cases import clone, moving, poison_unread, tick_case
+from .cases import CUDA_EXT_MISSING, clone, cuda_param, moving, poison_unread, tick_case
 
-HAS_CUDA_EXT = torch.cuda.is_available() and cuda_ext.unavailable_reason() is None
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ["torch", "triton",
-            pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA_EXT, reason="no CUDA ext"))]
+BACKENDS = ["torch", "triton", cuda_param("cuda")]
 # float32 against the float64 oracle: ε̂ enters both exactly (the oracle upcasts the same bf16
 # values), so one float32 tolerance serves both ε̂ dtypes; a wrong coefficient or noise is O(1).
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -191,7 +189,7 @@ def test_dispatch(monkeypatch):
         kernel.ddpm_tick(*(case[k] for k in ARGS))
 
 
-@pytest.mark.skipif(HAS_CUDA_EXT, reason="the extension is available here")
+@pytest.mark.skipif(CUDA_EXT_MISSING is None, reason="the extension is available here")
 def test_missing_extension_says_how_to_go_on():
     message = "built without CUDA; use backend='triton' or 'torch'"
     with pytest.raises(cuda_ext.CudaExtensionError, match=message):

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from sns_engine.kernels import KernelInputError
-from sns_engine.ops import cuda_ext
 from sns_engine.ops.level_argmax import level_argmax, level_argmax_reference
 
-HAS_CUDA_EXT = torch.cuda.is_available() and cuda_ext.unavailable_reason() is None
+from .cases import cuda_param
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ["torch", "triton",
-            pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA_EXT, reason="no CUDA ext"))]
+BACKENDS = ["torch", "triton", cuda_param("cuda")]
 # Inputs enter exactly in both precisions (the oracle upcasts the same bf16 values); what differs
 # is float32 accumulation over F ≤ 64 terms of size O(1), so ~1e-5 on logits and max-probs.
 P_TOL = dict(rtol=1e-5, atol=1e-6)

@@ -1,4 +1,8 @@
-"""Generate a solver dataset into a store, chunk by chunk, resuming whatever was already written."""
+"""Generate a solver dataset into a store, chunk by chunk, resuming whatever was already written.
+
+This drives a solver (sns_engine.systems) into a store (sns_engine.data), so it sits above both:
+data knows nothing of the solvers.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,25 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sns_engine.data.store import StoreError, StoreSpec, TrajectoryStore
+from sns_engine.data.store import StoreError, StoreSpec, SystemSpec, TrajectoryStore
 from sns_engine.systems import SolverDivergedError, System, check_finite
+
+
+def system_spec(system: System) -> SystemSpec:
+    """The identity of `system`'s data (JSON-normalised so it compares equal after a reload)."""
+    return SystemSpec(
+        system=system.name, preset=system.preset,
+        params=json.loads(json.dumps(system.metadata())),
+        channels=system.channels, channel_names=tuple(system.channel_names), grid=system.grid,
+        snapshot_dt=float(system.snapshot_dt), domain_length=float(system.domain_length))
 
 
 def store_spec(system: System, trajectories: int, snapshots: int, seed: int = 0,
                trajectory_batch: int = 8, time_chunk: int = 32) -> StoreSpec:
-    """The identity of a dataset of `system` (JSON-normalised so it compares equal after a reload)."""
-    return StoreSpec(
-        system=system.name, preset=system.preset,
-        params=json.loads(json.dumps(system.metadata())),
-        channels=system.channels, channel_names=tuple(system.channel_names), grid=system.grid,
-        snapshot_dt=float(system.snapshot_dt), domain_length=float(system.domain_length),
-        trajectories=trajectories, snapshots=snapshots, seed=seed,
-        trajectory_batch=min(trajectory_batch, trajectories), time_chunk=min(time_chunk, snapshots),
-    )
+    """The identity of a dataset of `system`."""
+    return StoreSpec.of(system_spec(system), trajectories=trajectories, snapshots=snapshots,
+                        seed=seed, trajectory_batch=min(trajectory_batch, trajectories),
+                        time_chunk=min(time_chunk, snapshots))
 
 
 def generate(system: System, out: str | Path, trajectories: int, snapshots: int, seed: int = 0,

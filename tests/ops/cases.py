@@ -1,8 +1,24 @@
-"""Random refine-tick inputs shared by the kernel tests (Triton, CUDA host twins, CUDA)."""
+"""Shared by the ops tests: the "cuda" backend as a parametrize case, and random refine-tick
+inputs (Triton, CUDA host twins, CUDA)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+from sns_engine.ops import cuda_ext
+
+CUDA_EXT_MISSING = cuda_ext.unavailable_reason()  # None where the extension is built or buildable
+
+
+def cuda_param(value: object) -> object:
+    """`value` as a parametrize case of the CUDA extension: the suite-wide `gpu` marker (skipped
+    without a CUDA device, tests/conftest.py) and a skip where the extension can be neither
+    imported nor JIT-built."""
+    return pytest.param(value, id="cuda", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(CUDA_EXT_MISSING is not None,
+                           reason=f"no CUDA extension: {CUDA_EXT_MISSING}")])
 
 # (counts, moves, n_x, n_y) per member kind; None = a random level in 2..N. Between them: phase 0,
 # phase 1, idle, every move code, level 1 (σ = 0), level 0 (no-op) and the top level N.

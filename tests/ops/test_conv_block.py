@@ -16,8 +16,16 @@ from torch import nn
 from sns_engine.kernels import KernelInputError
 from sns_engine.kernels.conv_block import conv3x3_circular_nhwc
 from sns_engine.models.unet import UNet, UNetConfig
-from sns_engine.ops.conv_block import conv3x3_circular, conv3x3_reference, residual_block
+from sns_engine.ops.conv_block import (
+    block_backend,
+    conv3x3_circular,
+    conv3x3_reference,
+    conv_backend,
+    residual_block,
+)
 from sns_engine.ops.dispatch import BackendError
+
+from .cases import CUDA_EXT_MISSING
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
@@ -245,30 +253,37 @@ def test_unet_triton_equals_torch():
     x = fresh(torch.Generator().manual_seed(5), 2, 3, 8, 8)
     with torch.no_grad():
         want, want_logits = model(x)
-        assert model.set_backend("triton") is model
-        got, got_logits = model(x)
+        got, got_logits = model(x, backend="triton")
     assert list(model.state_dict()) == keys
     assert want.abs().amax() > 0.1
     torch.testing.assert_close(got, want, **TOL[torch.float32])
     for g, w in zip(got_logits, want_logits, strict=True):
         torch.testing.assert_close(g, w, **TOL[torch.float32])
     with torch.no_grad():
-        assert torch.equal(model.set_backend("torch")(x)[0], want)
+        assert torch.equal(model(x, backend="torch")[0], want)   # no backend state is left behind
 
 
 def test_backend_errors():
     model = UNet(UNetConfig(in_channels=1, out_channels=1, grid=4, hidden=4, channel_mults=(1,),
                             blocks_per_level=1, attention_levels=(), mid_attention=False))
-    with pytest.raises(BackendError, match="no CUDA C"):
-        model.set_backend("cuda")
+    x = fresh(torch.Generator(), 1, 1, 4, 4)
+    with pytest.raises(BackendError, match="unknown backend 'cudnn'"):
+        model.to(DEVICE)(x, backend="cudnn")
     with pytest.raises(BackendError, match="no backward"):
-        model.to(DEVICE).set_backend("triton")(fresh(torch.Generator(), 1, 1, 4, 4))
+        model.to(DEVICE)(x, backend="triton")
     case = conv_case((1, 2, 0, 3, 4, 4), torch.float32)
     with pytest.raises(BackendError, match="no backward"):
         conv3x3_circular(**{**case, "shifts": (case["shifts"][0].requires_grad_(),)},
                          backend="triton")
     with pytest.raises(BackendError, match="no CUDA C"):
         conv3x3_circular(**case, backend="cuda")
+    with pytest.raises(BackendError, match="no CUDA C"):
+        residual_block(fake_block(2, 3, 0, 0, seed=0), case["x"], backend="cuda")
+    # a network running every fused op under "cuda" runs this op's Triton kernel
+    assert block_backend("triton", DEVICE) == conv_backend("triton", DEVICE) == "triton"
+    assert block_backend("torch", DEVICE) == "torch"
+    if DEVICE == "cuda" and CUDA_EXT_MISSING is None:
+        assert block_backend("cuda", DEVICE) == "triton"
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -1,7 +1,8 @@
 """csrc/ compiles warning-free for sm_90, and its arithmetic is right, without a GPU.
 
-Each kernel .cu is compiled standalone (`nvcc -arch=sm_90 -Werror all-warnings -c`, both files
-in parallel) and linked into a shared library; its `sns_*_host` twins (the same __host__
+Each kernel .cu is compiled standalone with the extension's own nvcc flags (csrc/manifest.json,
+what setup.py builds with: -gencode for sm_90, -Werror=all-warnings), `-c`, both files in
+parallel, and linked into a shared library; its `sns_*_host` twins (the same __host__
 __device__ element functions the kernels run) are then called through ctypes and checked against
 the torch references: exact Philox words, normals, the tick, the re-noise, the argmax and its tie
 rule. bindings.cpp (torch headers) gets a g++ syntax check. Skips without nvcc.
@@ -20,12 +21,14 @@ import pytest
 import torch
 
 from sns_engine.ops import rng, update
+from sns_engine.ops.cuda_ext import CSRC, build_spec
 from sns_engine.ops.level_argmax import level_argmax_reference
 
 from .cases import clone, tick_case
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
-KERNEL_SOURCES = ("ddpm_update.cu", "level_argmax.cu")
+SPEC = build_spec()
+KERNEL_SOURCES = tuple(s for s in SPEC["sources"] if s.endswith(".cu"))
+(BINDINGS,) = (s for s in SPEC["sources"] if s.endswith(".cpp"))
 NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 host code against the float64 oracle
@@ -46,8 +49,8 @@ def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("csrc")
     start, jobs = time.perf_counter(), {}
     for src in KERNEL_SOURCES:
-        cmd = [NVCC, "-arch=sm_90", "-Werror", "all-warnings", "-Xcompiler", "-fPIC", "-c",
-               str(CSRC / src), "-o", str(out / f"{src}.o")]
+        cmd = [NVCC, *SPEC["nvcc_flags"], "-Xcompiler", "-fPIC", "-c", str(CSRC / src), "-o",
+               str(out / f"{src}.o")]
         jobs[src] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
     results = {}
@@ -108,7 +111,7 @@ def test_bindings_pass_a_syntax_check(tmp_path):
                 str(cuda_include)]
     cmd = [gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
            "-DTORCH_EXTENSION_NAME=sns_engine_C", *(f"-isystem{p}" for p in includes),
-           str(CSRC / "bindings.cpp")]
+           str(CSRC / BINDINGS)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
 

@@ -15,7 +15,8 @@ import triton.language as tl
 from sns_engine.kernels import rng as triton_rng
 from sns_engine.ops import cuda_ext, rng
 
-HAS_CUDA_EXT = torch.cuda.is_available() and cuda_ext.unavailable_reason() is None
+from .cases import cuda_param
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SAMPLES = (16, 4096)  # members × pixels per statistical check: n = 65 536
 
@@ -80,10 +81,8 @@ def _cuda_words(seed, member, step, level, stream, numel):
     return w0.long() & 0xFFFFFFFF, w1.long() & 0xFFFFFFFF, z
 
 
-@pytest.mark.parametrize("words", [
-    _triton_words,
-    pytest.param(_cuda_words, marks=pytest.mark.skipif(not HAS_CUDA_EXT, reason="no CUDA ext"))],
-    ids=["triton", "cuda"])
+@pytest.mark.parametrize("words", [pytest.param(_triton_words, id="triton"),
+                                   cuda_param(_cuda_words)])
 def test_backends_agree_on_words_and_normals(words):
     g = torch.Generator().manual_seed(2)
     member = torch.randint(0, 2**40, (5,), generator=g).to(DEVICE)

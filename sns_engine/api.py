@@ -1,0 +1,311 @@
+"""The public functions of sns_engine (re-exported by the package): rollout, load_bundle,
+generate_data, train, calibrate, evaluate.
+
+Each checks its arguments before any work and raises a ValueError naming the bad one (a TypeError
+too for a wrong type); long calls show a progress bar unless `quiet=True`. Each imports its
+machinery on first use, so `import sns_engine` stays cheap. No function changes the objects it is
+handed (a loaded Bundle stays as it was), and the backend of the fused ops is chosen per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sns_engine import config
+from sns_engine.config import ConfigError, RolloutConfig, TrainConfig, check_device, check_type
+
+if TYPE_CHECKING:
+    import torch
+
+    from sns_engine.bundle import Bundle
+    from sns_engine.data.store import SystemSpec, TrajectoryStore
+    from sns_engine.engine.rollout import RolloutResult
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
+
+
+@config.document(RolloutConfig)
+def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps: int = 10,
+            path: str = RolloutConfig.path, initial: torch.Tensor | str | Path | None = None,
+            perturb: float | None = None, save_every: int = RolloutConfig.save_every,
+            out: str | Path | None = None, device: str | torch.device | None = None,
+            seed: int = RolloutConfig.seed, threshold: int | None = RolloutConfig.threshold,
+            threshold_heads: str | None = RolloutConfig.threshold_heads,
+            renoise: bool = RolloutConfig.renoise, bound: float = RolloutConfig.bound,
+            noise_limit: int = RolloutConfig.noise_limit,
+            thermalizer_start: int = RolloutConfig.thermalizer_start,
+            thermalizer_stop: int = RolloutConfig.thermalizer_stop,
+            engine: str = "engine", backend: str = "auto", graphs: bool = True, bf16: bool = False,
+            resume: bool = False, overwrite: bool = False, checkpoint_every: int | None = None,
+            member_offset: int = 0, quiet: bool = False) -> RolloutResult:
+    """Roll out an ensemble of `batch` members for `steps` physical steps along `path`.
+
+    With `out` the states stream into a Zarr ensemble store (resumable); without it they are
+    returned in memory (`RolloutResult.states`, physical units). Every argument is checked before
+    any work starts: a bad one raises a ValueError naming it (ConfigError, also a TypeError for a
+    wrong type). A progress bar shows unless `quiet=True`.
+
+    bundle: bundle directory or a loaded Bundle; None for the embedded default (small Kolmogorov
+        64² emulator, refiner and Thermalizer) (default None)
+    batch: ensemble members (default 8)
+    path: traversal path in the (n_x, n_y) plane (sns_engine.diffusion.paths): left_down (SNS
+        path A), fix_short (SNS, y held at its level), down_left, diagonal, gencast (clean y),
+        acdm (ACDM), generate, thermalizer (Thermalizer) or emulator (no refinement)
+        (default 'left_down')
+    initial: initial states: one per member (batch, C, H, W) in physical units, a store path whose
+        trajectories' last snapshots the members cycle through, or None for the bundle's shipped
+        snapshots, cycled (default None)
+    perturb: relative RMS amplitude of the smooth perturbation of each member's initial state,
+        keyed by (seed, member id), so no two members start alike; by default PERTURB (1e-3) on
+        cycled states and 0 on given ones (default None)
+    out: ensemble store (*.zarr) to stream the states into; None keeps them in memory (default None)
+    device: "cpu", "cuda" or "cuda:N"; by default cuda:LOCAL_RANK when CUDA is available, else
+        cpu (default None)
+    engine: "engine" (packed, batched) or "reference" (the per-member oracle; in memory only)
+        (default 'engine')
+    backend: fused-op implementation: "auto", "torch", "triton" or "cuda"; auto takes the CUDA
+        extension if built, else Triton on a GPU, else torch (default 'auto')
+    graphs: replay the network calls as CUDA graphs (CUDA only) (default True)
+    bf16: bfloat16 network forwards (default False)
+    resume: continue the rollout in `out` from its last checkpoint (default False)
+    overwrite: replace the ensemble store at `out` (default False)
+    checkpoint_every: physical steps between resume checkpoints, a multiple of `save_every`; by
+        default the first multiple at or above 50 (default None)
+    member_offset: id of the first member; a member's noise is keyed by its id (default 0)
+    quiet: no progress bar (default False)
+    Rollout settings:
+    """
+    check_type("batch", batch, int)
+    check_type("member_offset", member_offset, int)
+    if batch <= 0:
+        raise ConfigError(f"batch must be positive, got {batch}")
+    if engine not in ("engine", "reference"):
+        raise ConfigError(f"engine must be 'engine' or 'reference', got {engine!r}")
+    for name, value in (("resume", resume), ("overwrite", overwrite), ("checkpoint_every", checkpoint_every)):
+        if out is None and value not in (None, False):
+            raise ConfigError(f"{name}={value!r} applies to a store; pass out= too, or drop {name}=")
+    if engine == "reference" and out is not None:
+        raise ConfigError("engine='reference' keeps results in memory; drop out=")
+    cfg = RolloutConfig(**{k: v for k, v in locals().items() if k in RolloutConfig.__dataclass_fields__})
+    if checkpoint_every is None:
+        checkpoint_every = save_every * -(-50 // save_every)
+    check_type("checkpoint_every", checkpoint_every, int)
+    if checkpoint_every <= 0 or checkpoint_every % save_every:
+        raise ConfigError(f"checkpoint_every={checkpoint_every} must be a positive multiple of "
+                          f"save_every={save_every}, so a resumed run continues on a saved step")
+    check_device(device)
+    import torch
+
+    from sns_engine.bundle import Bundle, load_bundle
+    from sns_engine.diffusion.paths import get_path
+    from sns_engine.engine import writer as ensemble_writer
+    from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
+    from sns_engine.engine.initial import initial_conditions, perturbation
+    from sns_engine.engine.reference import reference_rollout
+    from sns_engine.engine.rollout import Engine, RolloutResult, drive
+    from sns_engine.engine.rules import describe_activation, with_activation
+    from sns_engine.engine.shard import Shard
+    from sns_engine.ops.dispatch import resolve_backend
+
+    shard = Shard.from_env(batch)
+    if device is None:
+        device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    backend = resolve_backend(backend, device)
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
+    cfg = with_activation(cfg, bundle.activation)
+    if out is None:
+        _check_memory(batch, steps // save_every, bundle.system)
+    emulator = bundle.model("emulator")
+    model = get_path(path).model
+    denoiser = None
+    if model == "refiner":
+        denoiser = refiner_denoiser(bundle.model("refiner"), backend)
+    elif model == "thermalizer":
+        denoiser = thermalizer_denoiser(bundle.model("thermalizer"), backend)
+    everyone = torch.arange(member_offset, member_offset + batch)
+    members = everyone[shard.rows]
+    x0 = initial_conditions(bundle, batch, initial, everyone, seed, perturb)[shard.rows].to(device)
+
+    def announce() -> None:  # once the rollout starts: which path it walks, whom it refines
+        if not quiet and model == "refiner":
+            print(f"sns_engine: path {path}, {describe_activation(cfg)}", file=sys.stderr)
+
+    if engine == "reference":
+        announce()
+        result = reference_rollout(functools.partial(emulator, backend=backend), denoiser,
+                                   bundle.schedule, x0, cfg, CounterNoise(seed), members.to(device))
+        return dataclasses.replace(result, states=result.states * bundle.scale.to(result.states.device))
+
+    eng = Engine(emulator, denoiser, bundle.schedule, x0, cfg, members=members.to(device),
+                 backend=backend, graphs=graphs, bf16=bf16)
+    if out is None:
+        announce()
+        states, levels, moves = drive(eng, steps, save_every, quiet=quiet)
+        scale = bundle.scale
+        saved = (torch.stack(states, dim=1) * scale if states
+                 else torch.zeros(len(members), 0, *x0.shape[1:]))
+        return RolloutResult(saved, None, eng.flags.cpu(), eng.flagged_at.cpu(),
+                             torch.stack(levels, 1), torch.stack(moves, 1), eng.stats)
+
+    def open_store(may_exist: bool):
+        return ensemble_writer.create_ensemble_store(
+            out, bundle.system, bundle.normalisation, cfg, batch, time_chunk=16, resume=may_exist,
+            overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk,
+            perturb=perturbation(initial, perturb))
+
+    store = open_store(resume) if shard.rank == 0 else None
+    shard.barrier()  # rank 0 has created (or checked) the store
+    store = store or open_store(True)
+    if resume:
+        saved_state = ensemble_writer.load_checkpoint(store, shard.rank)
+        if saved_state is not None:
+            eng.load_state(*saved_state)
+    writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step, shard.rows)
+    announce()
+    drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
+        store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet)
+    writer.close(eng.flags, eng.flagged_at)
+    shard.barrier()
+    root = store.root
+    return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),
+                         torch.from_numpy(root["levels"][shard.rows]).long(),
+                         torch.from_numpy(root["moves"][shard.rows]).long(), eng.stats)
+
+
+def _check_memory(batch: int, saves: int, system: SystemSpec) -> None:
+    """Refuse an in-memory result larger than this machine's memory: `batch` × `saves` float32
+    states of the `system`'s shape, held twice while they are stacked."""
+    need = 2 * 4 * batch * saves * system.channels * system.grid ** 2
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else need
+    if need > have:
+        raise ConfigError(f"the in-memory result needs about {need / 1e9:.1f} GB ({batch} members × "
+                          f"{saves} saved states, twice while stacked), more than this machine's "
+                          f"{have / 1e9:.1f} GB; pass out= to stream the states to a Zarr store")
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a checkpoint bundle: its models (eval mode, EMA weights), schedule and initial states.
+
+    path: the bundle directory (config.json and one .safetensors file per model)
+    device: where the models and initial states go: "cpu", "cuda" or "cuda:N" (default 'cpu')
+    """
+    from sns_engine.bundle import load_bundle as _load
+
+    check_device(device)
+    return _load(path, device)
+
+
+def generate_data(system: str, out: str | Path, trajectories: int, snapshots: int,
+                  preset: str = "cpu", seed: int = 0, *, trajectory_batch: int = 8,
+                  time_chunk: int = 32, overrides: dict[str, Any] | None = None,
+                  overwrite: bool = False, quiet: bool = False) -> TrajectoryStore:
+    """Run the `system` solver and stream its snapshots into a resumable Zarr store at `out`.
+
+    A rerun with the same arguments continues a killed generation; a finished one returns at once.
+
+    system: "kolmogorov" (2-D Kolmogorov flow, jax-cfd) or "qg" (two-layer jet, pyqg)
+    out: store path (*.zarr)
+    trajectories: independent trajectories, each from its own seed derived from `seed`
+    snapshots: stored snapshots per trajectory
+    preset: solver parameters: "cpu" (small, fast) or "paper" (default 'cpu')
+    seed: seed of the trajectories' initial states (default 0)
+    trajectory_batch: trajectories solved together (vmapped for kolmogorov, worker processes for
+        qg) (default 8)
+    time_chunk: snapshots per Zarr chunk and between resume points (default 32)
+    overrides: system parameters to change, e.g. {"spinup_steps": 100} (default None: the preset's)
+    overwrite: replace an existing store made with other arguments (default False)
+    quiet: no progress bar (default False)
+    """
+    from sns_engine.generation import generate
+    from sns_engine.systems import get_system
+
+    for name, value in (("trajectories", trajectories), ("snapshots", snapshots), ("seed", seed),
+                        ("trajectory_batch", trajectory_batch), ("time_chunk", time_chunk)):
+        check_type(name, value, int)
+    overrides = dict(overrides or {})
+    config.check_types(type(get_system(system, preset).params), overrides)
+    return generate(get_system(system, preset, **overrides), out, trajectories, snapshots, seed=seed,
+                    trajectory_batch=trajectory_batch, time_chunk=time_chunk, overwrite=overwrite,
+                    quiet=quiet)
+
+
+@config.document(TrainConfig)
+def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainConfig.preset,
+          steps: int = TrainConfig.steps, batch_size: int = TrainConfig.batch_size,
+          lr: float = TrainConfig.lr, weight_decay: float = TrainConfig.weight_decay,
+          grad_clip: float = TrainConfig.grad_clip, ema_decay: float = TrainConfig.ema_decay,
+          lr_step: int = TrainConfig.lr_step, lr_gamma: float = TrainConfig.lr_gamma,
+          unroll: int = TrainConfig.unroll, lag: int = TrainConfig.lag,
+          ce_weight: float = TrainConfig.ce_weight, level_bias: float = TrainConfig.level_bias,
+          num_levels: int = TrainConfig.num_levels, val_fraction: float = TrainConfig.val_fraction,
+          val_every: int = TrainConfig.val_every, checkpoint_every: int = TrainConfig.checkpoint_every,
+          seed: int = TrainConfig.seed, bf16: bool = TrainConfig.bf16, resume: bool = False,
+          overwrite: bool = False, device: str | torch.device | None = None,
+          quiet: bool = False) -> Path:
+    """Train `model` on the solver store `data` into the bundle directory `out`; returns `out`.
+
+    Several models share one bundle: train each kind once into the same `out`.
+
+    model: "emulator", "refiner" or "thermalizer"
+    data: solver store (*.zarr) to train on
+    out: bundle directory, created if missing
+    resume: continue a killed training from its last checkpoint (default False)
+    overwrite: train anew a model the bundle already has (default False)
+    device: "cpu", "cuda" or "cuda:N"; by default cuda:LOCAL_RANK when CUDA is available, else
+        cpu (default None)
+    quiet: no progress bar (default False)
+    Hyper-parameters:
+    """
+    from sns_engine.train.loop import train as _train
+
+    cfg = TrainConfig(**{k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__})
+    check_device(device)
+    return _train(cfg, data, out, resume=resume, overwrite=overwrite, quiet=quiet, device=device)
+
+
+def calibrate(bundle: str | Path, data: str | Path, *, samples: int = 32,
+              free_steps: tuple[int, ...] = (1, 10, 100, 1000), seed: int = 0, save: bool = True,
+              quiet: bool = False) -> dict[str, Any]:
+    """How well the refiner's level heads read known noise levels (sns_engine.calibration): median
+    and 10–90 % range of the estimates on held-out frames noised to k = 0 … 1000, and on free
+    emulator proposals; whether every k in 3..200 is resolved within max(2, 25 %).
+
+    bundle: bundle directory with an emulator and a refiner
+    data: the solver store (*.zarr) the bundle was trained on; its held-out trajectories are used
+    samples: held-out frames (default 32)
+    free_steps: free emulator steps at which the heads read its proposals (default (1, 10, 100, 1000))
+    seed: draw of the frames and the noise (default 0)
+    save: record the result in the bundle's config.json (default True)
+    quiet: no progress bars (default False)
+    """
+    from sns_engine.calibration import calibrate as _calibrate
+
+    for name, value in (("samples", samples), ("seed", seed)):
+        check_type(name, value, int)
+    return _calibrate(bundle, data, samples=samples, free_steps=free_steps, seed=seed, save=save,
+                      quiet=quiet)
+
+
+def evaluate(ensemble: str | Path, reference: str | Path, *, windows: int = 4, threshold: float = 1.0,
+             max_lag: int = 20, sample: int = 64) -> dict[str, Any]:
+    """Metrics of an ensemble store against a solver store, as a JSON-able dict:
+    spectrum errors, W1 distances and flagged share per time window, stability, autocorrelation.
+
+    ensemble: ensemble store (*.zarr) of a rollout
+    reference: solver store (*.zarr) of the same system, grid and channels
+    windows: time windows the metrics are reported for (default 4)
+    threshold: spectrum error beyond which a member counts as unstable (default 1.0)
+    max_lag: largest autocorrelation lag, in saved steps (default 20)
+    sample: most reference snapshots read per trajectory, bounding memory and time (default 64)
+    """
+    from sns_engine.diagnostics.evaluate import evaluate as _evaluate
+
+    return _evaluate(ensemble, reference, windows=windows, threshold=threshold, max_lag=max_lag,
+                     sample=sample)

@@ -1,0 +1,86 @@
+"""The refinement rules of a rollout, in one place: the engine and the reference oracle both call them.
+
+Per physical step and member:
+
+- activation: which members a path refines by default (the bundle's system default fills an unset
+  threshold: Kolmogorov every member every step, QG either head ≥ 7, as the authors run it);
+- estimate: (n̂_x, n̂_y) = argmax of the two level heads;
+- refinement: the path's plan from the estimate; members estimated above `noise_limit` (the
+  Thermalizer's rule) are flagged instead of walked, and frozen members never walk;
+- re-noise: a walking frame gets fresh noise up to its start level when that is above its estimate
+  or when `renoise` asks for it (the authors' `forward_diff`);
+- reuse: the estimate's full forward serves the first move only when nothing is re-noised
+  (`Path.reuses_estimate`); otherwise the estimate is a levels-only pass;
+- acceptance: a new state that is non-finite or beyond `bound` is not taken; the member is flagged
+  and frozen, the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+
+from sns_engine.config import RolloutConfig
+from sns_engine.diffusion.paths import Path, Plan, settings_of
+
+NONFINITE, OUT_OF_BOUND, NOISE_LIMIT = 1, 2, 4   # flag bits of a frozen member
+
+
+def with_activation(cfg: RolloutConfig, activation: dict) -> RolloutConfig:
+    """`cfg` with an unset threshold / heads taken from a bundle's `activation` default."""
+    return dataclasses.replace(
+        cfg, threshold=activation["threshold"] if cfg.threshold is None else cfg.threshold,
+        threshold_heads=cfg.threshold_heads or activation["threshold_heads"])
+
+
+def describe_activation(cfg: RolloutConfig) -> str:
+    """Which members the rollout refines, in words."""
+    if cfg.threshold == 0:
+        return "refining every member every step"
+    head = "n̂_x" if cfg.threshold_heads == "x" else "max(n̂_x, n̂_y)"
+    return f"refining members with {head} ≥ {cfg.threshold}"
+
+
+def estimate_levels(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n̂_x, n̂_y) = argmax of the two heads' logits of a full forward."""
+    return out.logits_x.argmax(dim=-1), out.logits_y.argmax(dim=-1)
+
+
+class Refinement(NamedTuple):
+    """One step's refinement of every member: the path's plan, the moves each member makes per
+    phase (the plan's, 0 for members that do not walk) and the members flagged over the limit."""
+
+    plan: Plan
+    counts: torch.Tensor       # (B, 2) int
+    over_limit: torch.Tensor   # (B,) bool
+
+    @property
+    def total(self) -> torch.Tensor:
+        """(B,) forwards each member spends walking (its number of moves)."""
+        return self.counts.sum(dim=1)
+
+    def renoise_levels(self, estimate: torch.Tensor, start: torch.Tensor, renoise: bool) -> torch.Tensor:
+        """(B,) level each member's frame is re-noised to before the walk, 0 where it is kept: its
+        start level, for members that walk, start above 0 and above `estimate` (or `renoise`)."""
+        fresh = (self.total > 0) & (start > 0) & ((start > estimate) | renoise)
+        return torch.where(fresh, start, 0)
+
+
+def refinement(path: Path, n_x: torch.Tensor, n_y: torch.Tensor, cfg: RolloutConfig,
+               num_levels: int, alive: torch.Tensor) -> Refinement:
+    """The Refinement of members estimated at (n̂_x, n̂_y); frozen members (not `alive`) never walk."""
+    plan = path.plan(n_x, n_y, settings_of(cfg, num_levels))
+    over_limit = alive & (n_x > cfg.noise_limit) if path.flags_noise_limit else torch.zeros_like(alive)
+    counts = torch.where((alive & ~over_limit)[:, None], plan.counts, 0)
+    return Refinement(plan, counts, over_limit)
+
+
+def state_flags(new: torch.Tensor, bound: float) -> torch.Tensor:
+    """(B,) int32 flag of each member's new state: NONFINITE, OUT_OF_BOUND (|value| > bound) or 0."""
+    flat = new.flatten(1)
+    finite = torch.isfinite(flat).all(dim=1)
+    in_bound = flat.abs().amax(dim=1) <= bound
+    flags = torch.where(finite, torch.where(in_bound, 0, OUT_OF_BOUND), NONFINITE)
+    return flags.to(torch.int32)

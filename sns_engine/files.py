@@ -1,0 +1,37 @@
+"""Atomic file writes: a file is either its old content or its whole new content, never half.
+
+The lowest layer of the package (standard library only), so that every other module may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; once the block has written it and returns, rename it
+    over `path` (one atomic step); if the block raises, delete it and re-raise.
+
+    The temporary name is hidden and unique to this process and call (process id + random
+    token), so concurrent writers of one target, or two runs sharing a folder, never collide;
+    the last rename wins. The block creates the file itself (any writer that takes a path), so
+    it gets the usual permissions. Several files that must appear together: enter one
+    `atomic_write` per file in a `contextlib.ExitStack`; nothing is renamed until every block
+    has finished, and a failure removes every temporary file.
+
+        with atomic_write(out / "config.json") as tmp:
+            tmp.write_text(text)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,37 @@
+"""Atomic writes: the target holds its old content or the whole new content, and no temporary
+file outlives the write."""
+
+import pytest
+
+from sns_engine.files import atomic_write
+
+
+def test_success_replaces_the_target_and_leaves_nothing_else(tmp_path):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+    with atomic_write(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".config.json.")
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # nothing visible before the block ends
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_failure_keeps_the_old_content_and_removes_the_temporary_file(tmp_path):
+    target = tmp_path / "weights.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_write(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]
+
+
+def test_concurrent_writes_of_one_target_use_distinct_temporary_files(tmp_path):
+    target = tmp_path / "a.png"
+    with atomic_write(target) as first, atomic_write(target) as second:
+        assert first != second
+        first.write_text("first")
+        second.write_text("second")
+    assert target.read_text() == "first"  # the last rename wins (the outer block ends last)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
