@@ -24,7 +24,8 @@ folder = study.parent / "interim"
 SOURCES = {"solver": ("data/control.zarr", 1), "emulator": ("rollouts/emulator.zarr", 0),
            "left_down": ("rollouts/left_down.zarr", 0),
            "thermalizer[match=left_down]": ("rollouts/thermalizer-match-left_down.zarr", 0),
-           "left_down[threshold=calibrated]": ("rollouts/left_down-threshold-calibrated.zarr", 0)}
+           "left_down[threshold=calibrated]": ("rollouts/left_down-threshold-calibrated.zarr", 0),
+           "thermalizer": ("rollouts/thermalizer.zarr", 0), "fix_short": ("rollouts/fix_short.zarr", 0)}
 
 
 def copy_span(src: TrajectoryStore, start: int, path: Path) -> Path:
@@ -53,6 +54,9 @@ def copy_span(src: TrajectoryStore, start: int, path: Path) -> Path:
 
 reports = {}
 for name, (relative, start) in SOURCES.items():
+    if not (study / relative).exists():
+        print(f"{name}: not started, skipped")
+        continue
     src = TrajectoryStore(study / relative)
     if not np.isfinite(np.asarray(src.fields[:, start + saved - 1])).all():
         print(f"{name}: fewer than {saved} saved states, skipped")
