@@ -167,7 +167,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     dt = ens.spec.snapshot_dt
     flags = np.asarray(ens.root["flags"][:]) if "flags" in ens.root else np.zeros(n, int)
     flagged_at = (np.asarray(ens.root["flagged_at"][:]) if "flagged_at" in ens.root
-                  else np.full(n, -1))
+                  else np.full(n, -1))  # in model steps, save_every of them per saved state
+    save_every = ens.root.attrs.get("rollout", {}).get("save_every", 1)
     draws = intervals.resample(n, resamples, seed)
     ref_atoms = [intervals.quantile_atoms(ref_values[:, :, c].reshape(1, -1), atoms * n)[0]
                  for c in range(ref.spec.channels)]
@@ -216,7 +217,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
             "energy_ratio": {c: float(_worst(v.mean())) for c, v in member_energy.items()},
             "w1": w1,
             "rate_of_change": float(roc.mean()),
-            "flagged": float(np.mean((flags != 0) & (flagged_at >= 0) & (flagged_at < hi))),
+            "flagged": float(np.mean((flags != 0) & (flagged_at >= 0)
+                                     & (flagged_at < (start + hi) * save_every))),
             "mean_spectra": {c: v.mean(0).tolist() for c, v in member_spectra.items()},
             "interval": {
                 "spectrum_error": {c: intervals.interval(boot[c]["all"]) for c in curve_names},
@@ -228,7 +230,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     report["k"] = k.tolist()
     report["reference_spectra"] = {c: v.tolist() for c, v in ref_spectra.items()}
 
-    step_dt = dt / ens.root.attrs.get("rollout", {}).get("save_every", 1)
+    step_dt = dt / save_every
     by_rule = np.stack([
         statistics.stability_time(torch.from_numpy(outside.astype(np.float64)), 0.5, dt).numpy(),
         statistics.stability_time(torch.from_numpy(member_error), threshold, dt).numpy(),

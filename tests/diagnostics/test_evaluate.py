@@ -263,6 +263,8 @@ def test_stability_rules(tmp_path):
     report = evaluate(path, ref, windows=4)
     stability = report["stability"]
     assert stability["rule"] == [None, "energy", "energy", "energy", "flag"]
+    # flagged at model step 12 = within saved state 7 of 10 in the first window (save_every 2)
+    assert [w["flagged"] for w in report["windows"]] == [0.2] * 4
     np.testing.assert_allclose(stability["times"][1:], [6 * dt, 9 * dt, 4 * dt, 13 * dt / 2])
     assert stability["times"][0] is None
     spectrum_only = evaluate(path, ref, windows=4, energy_bounds=(0.0, math.inf))["stability"]
