@@ -70,22 +70,15 @@ class Denoiser:
         return cls(forward, levels, estimate)
 
 
-def _backend_of(model: torch.nn.Module, backend: str) -> dict:
-    """The keyword a U-Net model's forward and levels take for the fused ops' `backend` (convs
-    and heads; models.unet.UNet); none for a model without a U-Net (analytic test models)."""
-    return {"backend": backend} if find_unet(model) is not None else {}
-
-
 def refiner_denoiser(refiner: torch.nn.Module, backend: str = "torch") -> Denoiser:
     """The SNS refiner as a Denoiser; every pass runs the fused ops (the U-Net's conv blocks, the
     estimate's fused head, ops.level_argmax) under `backend`."""
-    kw = _backend_of(refiner, backend)
 
     def forward(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
-        out = refiner(long, y, x, **kw)
+        out = refiner(long, y, x, backend=backend)
         return DenoiserOutput(out.eps_y, out.eps_x, out.logits_y, out.logits_x)
 
-    return Denoiser(forward, lambda long, y, x: LevelLogits(*refiner.levels(long, y, x, **kw)),
+    return Denoiser(forward, lambda long, y, x: LevelLogits(*refiner.levels(long, y, x, backend=backend)),
                     lambda long, y, x: LevelEstimate(*refiner.estimate(long, y, x, backend)),
                     _flops(refiner))
 
@@ -93,14 +86,13 @@ def refiner_denoiser(refiner: torch.nn.Module, backend: str = "torch") -> Denois
 def thermalizer_denoiser(thermalizer: torch.nn.Module, backend: str = "torch") -> Denoiser:
     """The unconditional Thermalizer as a Denoiser acting on x alone (y: zero ε̂, x's logits);
     every pass runs the fused ops under `backend`, as `refiner_denoiser`."""
-    kw = _backend_of(thermalizer, backend)
 
     def forward(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> DenoiserOutput:
-        eps, logits = thermalizer(x, **kw)
+        eps, logits = thermalizer(x, backend=backend)
         return DenoiserOutput(torch.zeros_like(eps), eps, logits, logits)
 
     def levels(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> LevelLogits:
-        logits = thermalizer.levels(x, **kw)
+        logits = thermalizer.levels(x, backend=backend)
         return LevelLogits(logits, logits)
 
     def estimate(long: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> LevelEstimate:

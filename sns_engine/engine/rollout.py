@@ -145,8 +145,7 @@ class Engine:
         if self.path.model is not None and denoiser is None:
             raise ValueError(f"path {cfg.path!r} needs a {self.path.model} but none was given")
         self.stats = EngineStats(per_member=member_flops(emulator, denoiser))
-        if find_unet(emulator) is not None:  # its conv blocks run on the engine's backend
-            emulator = functools.partial(emulator, backend=backend)
+        emulator = functools.partial(emulator, backend=backend)  # its fused ops run on ours
         device = initial.device
         if device.type == "cpu" and cpu_chunk:
             emulator = chunked(emulator, cpu_chunk)

@@ -17,7 +17,7 @@ class ToyEmulator(nn.Module):
         torch.manual_seed(seed)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="circular")
 
-    def forward(self, x):
+    def forward(self, x, backend="torch"):  # backend: the models' interface; a toy ignores it
         return x + 0.3 * torch.tanh(self.conv(x))
 
 
@@ -37,12 +37,12 @@ class ToyRefiner(nn.Module):
         k = torch.arange(self.num_levels + 1, device=frame.device, dtype=frame.dtype)
         return -(k[None] - centre.round()[:, None]) ** 2
 
-    def forward(self, long, y, x):
+    def forward(self, long, y, x, backend="torch"):
         eps = 0.5 * torch.tanh(self.conv(torch.cat([long, y, x], dim=1)))
         c = self.channels
         return DenoiserOutput(eps[:, :c], eps[:, c:], self._logits(y), self._logits(x))
 
-    def levels(self, long, y, x):
+    def levels(self, long, y, x, backend="torch"):
         return LevelLogits(self._logits(y), self._logits(x))
 
     def estimate(self, long, y, x, backend="torch"):
@@ -54,11 +54,11 @@ class ToyThermalizer(nn.Module):
         super().__init__()
         self.inner = ToyRefiner(channels, num_levels, max_level=60, seed=seed)
 
-    def forward(self, x):
+    def forward(self, x, backend="torch"):
         out = self.inner(x, x, x)
         return out.eps_x, out.logits_x
 
-    def levels(self, x):
+    def levels(self, x, backend="torch"):
         return self.inner.levels(x, x, x).logits_x
 
     def estimate(self, x, backend="torch"):
