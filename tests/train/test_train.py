@@ -105,6 +105,29 @@ def test_kill_mid_training_then_resume(tiny_kolmogorov, tmp_path):
 
 
 def test_ddp_step_equals_single_process_step(tiny_kolmogorov, tmp_path):
+    """One refiner step on 2 DDP ranks (4 members each) equals one on 1 process (8 members): the
+    gradients the optimizer sees and the weights after the AdamW step.
+
+    Both runs are in float64 (ddp_step.py). In float32 the comparison is flaky: AdamW's first step
+    moves a weight by lr·ĝ/(|ĝ| + ε) (m̂ = ĝ, √v̂ = |ĝ|; ĝ the clipped gradient, ε = 1e-8), whose
+    slope in ĝ is up to 1/ε, so a gradient near zero whose float32 sum over 8 members differs by
+    ~1e-10 between the two summation orders (8 at once vs 4 + 4, then the all-reduce) moves its
+    weight by up to lr·1e-10/ε = 1e-5, and a weight was seen 2.76e-5 apart. No tolerance bounds that
+    without knowing how much the sum's terms cancel. The parallel arithmetic under test (which rows
+    a rank takes, that the gradients are all-reduced and averaged) does not depend on the dtype.
+
+    Tolerances, from float64 rounding (u = 2⁻⁵³ ≈ 1.1e-16): a weight's gradient is a sum of at most
+    n = 8 members × 32 × 32 pixels = 8192 terms (a conv weight), and any summation order is within
+    γ_n·Σ|terms| ≈ n·u·Σ|terms| ≈ 9e-13·Σ|terms| of the exact sum, so the two runs differ by at most
+    2e-12·Σ|terms|. GRAD_RTOL = 1e-9 of the tensor's largest gradient allows terms cancelling 500×
+    and is still 1e9 below what a real bug gives: a rank that skips the all-reduce has the gradient
+    of its own 4 members, a wrong averaging factor (a sum over ranks, or a mean over the local batch
+    divided again) k·g with k ≠ 1, both O(|g|) apart. The weights follow through AdamW's step:
+    |Δw| ≤ lr·|Δĝ|/ε with |Δĝ| ≤ 2·GRAD_RTOL·max|ĝ| (clipping scales the gradient and its rounding
+    alike; max|ĝ| ≤ grad_clip = 1), at most 2e-4 here, below lr = 1e-3, by which a skipped
+    all-reduce moves every weight whose gradient changes sign (Adam is scale-invariant, so only the
+    gradient check sees a wrong averaging factor).
+    """
     script = Path(__file__).with_name("ddp_step.py")
     single, double = tmp_path / "single", tmp_path / "double"
     subprocess.run([sys.executable, str(script), str(tiny_kolmogorov), str(single)], check=True,
@@ -115,13 +138,25 @@ def test_ddp_step_equals_single_process_step(tiny_kolmogorov, tmp_path):
     assert ddp.returncode == 0, f"torchrun failed:\n{ddp.stdout}\n{ddp.stderr}"
     from safetensors.torch import load_file
 
+    GRAD_RTOL, LR, ADAM_EPS, CLIP = 1e-9, 1e-3, 1e-8, 1.0   # LR and CLIP as ddp_step.py trains
+    grads = load_file(str(single / "grads-r0.safetensors"))
+    assert grads and all(g.dtype == torch.float64 for g in grads.values())
+    for rank in (0, 1):
+        other = load_file(str(double / f"grads-r{rank}.safetensors"))
+        assert sorted(other) == sorted(grads)
+        for key, g in grads.items():
+            torch.testing.assert_close(other[key], g, rtol=0, atol=GRAD_RTOL * float(g.abs().max()),
+                                       msg=lambda m, key=key, rank=rank: f"gradient {key}, rank {rank}: {m}")
+    norm = torch.stack([g.norm() for g in grads.values()]).norm()
+    clipped = min(1.0, CLIP / float(norm))
+    weight_tol = LR * 2 * GRAD_RTOL * clipped * max(float(g.abs().max()) for g in grads.values()) / ADAM_EPS
+    assert weight_tol < LR / 4
     a = load_file(str(single / "train" / "refiner.safetensors"))
     b = load_file(str(double / "train" / "refiner.safetensors"))
     params = [k for k in a if k.startswith("model.")]
     assert params
     for key in params:
-        # one Adam step moves a weight by up to lr = 1e-3; summation order may move it ~1e-6
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=weight_tol)
 
 
 def failing_emulator_loss(monkeypatch, call: int) -> None:
