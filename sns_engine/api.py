@@ -40,7 +40,11 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
             noise_limit: int = RolloutConfig.noise_limit,
             thermalizer_start: int = RolloutConfig.thermalizer_start,
             thermalizer_stop: int = RolloutConfig.thermalizer_stop,
-            engine: str = "engine", backend: str = "auto", graphs: bool = True, bf16: bool = False,
+            level_floor: int = RolloutConfig.level_floor,
+            level_floor_y: int = RolloutConfig.level_floor_y, every: int = RolloutConfig.every,
+            long: str = RolloutConfig.long, lag: int | None = RolloutConfig.lag,
+            walk: str = RolloutConfig.walk, engine: str = "engine", backend: str = "auto",
+            graphs: bool = True, bf16: bool = False,
             resume: bool = False, overwrite: bool = False, checkpoint_every: int | None = None,
             member_offset: int = 0, quiet: bool = False) -> RolloutResult:
     """Roll out an ensemble of `batch` members for `steps` physical steps along `path`.
@@ -120,6 +124,15 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
     cfg = with_activation(cfg, bundle.activation)
+    if cfg.long == "lagged" and cfg.lag is None:  # the lag the refiner was trained with
+        trained = bundle.config["models"].get("refiner", {}).get("train", {}).get("lag")
+        if trained is None:
+            raise ConfigError("long='lagged' needs lag=: the bundle records no refiner training lag")
+        cfg = dataclasses.replace(cfg, lag=trained)
+    top = bundle.schedule.num_levels
+    for name in ("level_floor", "level_floor_y"):
+        if getattr(cfg, name) > top:
+            raise ConfigError(f"{name}={getattr(cfg, name)} is above the bundle's top level N={top}")
     if out is None:
         _check_memory(batch, steps // save_every, bundle.system)
     emulator = bundle.model("emulator")

@@ -55,7 +55,8 @@ STUDY_SIZES = (
                   "training and rollouts"))
 ROLLOUT_OPTIONS = ("batch", "steps", "path", "initial", "perturb", "save_every", "seed", "threshold",
                    "threshold_heads", "renoise", "bound", "noise_limit", "thermalizer_start",
-                   "thermalizer_stop", "backend", "device", "graphs", "bf16", "checkpoint_every",
+                   "thermalizer_stop", "level_floor", "level_floor_y", "every", "long", "lag",
+                   "walk", "backend", "device", "graphs", "bf16", "checkpoint_every",
                    "resume", "overwrite", "quiet")
 DATA_OPTIONS = ("preset", "trajectories", "snapshots", "seed", "trajectory_batch", "time_chunk",
                 "overwrite", "quiet")
@@ -230,7 +231,7 @@ def _options(p: argparse.ArgumentParser, fn: Callable[..., Any], names: tuple[st
 
 def build_parser() -> argparse.ArgumentParser:
     import sns_engine
-    from sns_engine.config import UNET_PRESETS, TrainConfig, param_help
+    from sns_engine.config import LONG_FRAMES, UNET_PRESETS, WALKS, TrainConfig, param_help
     from sns_engine.diffusion.paths import HEADS, PATHS
     from sns_engine.ops.dispatch import BACKENDS
     from sns_engine.study import METHODS, StudyConfig
@@ -280,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
              initial={"help": "solver or ensemble store (*.zarr) whose trajectories' last snapshots "
                               "the members cycle through (default: the bundle's shipped snapshots)"},
              perturb={"type": float}, threshold={"type": int},
-             threshold_heads={"choices": list(HEADS)}, backend={"choices": ["auto", *BACKENDS]})
+             threshold_heads={"choices": list(HEADS)}, backend={"choices": ["auto", *BACKENDS]},
+             every=positive, lag={**positive, "default": None}, long={"choices": list(LONG_FRAMES)},
+             walk={"choices": list(WALKS)})
 
     p = _command(sub, "evaluate", cmd_evaluate, "metrics of an ensemble against solver data (JSON)")
     evaluate = sns_engine.evaluate

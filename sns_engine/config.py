@@ -157,6 +157,9 @@ def check_device(device: Any) -> None:
 
 # The U-Net sizes a TrainConfig may name: UNetConfig fields per preset (models.unet.unet_preset adds
 # channels, grid and heads). Plain data here, so a config checks its preset without importing torch.
+WALKS = ("ddpm", "ddim")               # reverse step of a walk: ancestral (the authors') or η = 0
+LONG_FRAMES = ("initial", "lagged")    # the refiner's long-lag frame at rollout
+
 UNET_PRESETS: dict[str, dict[str, Any]] = {
     # the authors' network as the paper counts it (73,727,522 parameters: their
     # ModernUnetDoubleRegressor_plus without attention; docs/method.md §Network): 64 → 128·256·512,
@@ -241,6 +244,19 @@ class RolloutConfig:
                                  "and frozen")
     seed: int = _field(0, "noise seed (a member's noise is keyed by the seed and its member id)")
     save_every: int = _field(1, "physical steps between stored states; must divide `steps`")
+    level_floor: int = _field(0, "x is re-noised to at least this level before its walk, whatever "
+                                 "its estimate (0: from the estimate, as published; beyond the "
+                                 "authors)")
+    level_floor_y: int = _field(0, "the same floor for y (0: from its estimate, as published)")
+    every: int = _field(1, "refine on every m-th physical step only (steps 0, m, 2m, ...); the "
+                           "others are bare emulator steps (1: every step, as published)")
+    long: str = _field("initial", "long-lag frame: initial (the initial state for the whole "
+                                  "rollout, as the authors' drivers) or lagged (the member's own "
+                                  "state `lag` steps back, the relation the refiner was trained "
+                                  "on; a ring buffer of `lag` states per member)")
+    lag: int | None = _field(None, "long=lagged: steps back; None: the refiner's training lag")
+    walk: str = _field("ddpm", "reverse step of the walks: ddpm (ancestral, fresh noise per "
+                               "level, as published) or ddim (deterministic, eta = 0)")
 
     def __post_init__(self) -> None:
         from sns_engine.diffusion.paths import HEADS, get_path  # imports torch: only once a rollout is set up
@@ -259,9 +275,16 @@ class RolloutConfig:
             raise ConfigError(f"steps={steps} is not a multiple of save_every={every}, so the last "
                               f"{lost} step{'s' * (lost > 1)} would not be saved; use "
                               f"steps={steps - lost} or steps={steps - lost + every}")
-        for name in ("threshold", "thermalizer_stop", "noise_limit"):
+        for name in ("threshold", "thermalizer_stop", "noise_limit", "level_floor", "level_floor_y",
+                     "seed"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("every", "lag"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name, choices in (("long", LONG_FRAMES), ("walk", WALKS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.threshold_heads not in (None, *HEADS):
             raise ConfigError(f"threshold_heads must be one of {HEADS}, got {self.threshold_heads!r}")
         if not self.bound > 0:

@@ -25,6 +25,10 @@ keep the emulator's proposal. The default gate is the activation threshold on th
 settings name (n̂_x, or the larger of n̂_x and n̂_y, ≥ threshold; threshold 0 refines everyone);
 the Thermalizer's gate is n̂_x > start, and it flags members estimated above `noise_limit`
 instead of walking them.
+
+A *level floor* (beyond the authors, docs/method.md): the path's rules read max(n̂_x, floor_x)
+and max(n̂_y, floor_y) instead of the estimates, so a frame the heads call clean is still
+re-noised to the floor and walked from there; the gate reads the estimates themselves.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Settings(NamedTuple):
     heads: str = "x"
     thermalizer_start: int = 11
     thermalizer_stop: int = 5
+    floor_x: int = 0
+    floor_y: int = 0
 
 
 Rule = Callable[[Levels, Levels, Settings], tuple[Levels, Levels]]  # → (n_x, n_y) or (move, count)
@@ -98,20 +104,22 @@ class Path:
         """Compile the walk of every member from its estimated levels (n̂_x, n̂_y); members the
         gate leaves out stay where they are, with no moves."""
         n_x, n_y = n_x.long(), n_y.long()
-        start_x, start_y = self.start(n_x, n_y, s)
-        rules = [rule(n_x, n_y, s) for rule in self.phases]
+        idle = ~self.gate(n_x, n_y, s)
+        floored = n_x.clamp(min=s.floor_x), n_y.clamp(min=s.floor_y)
+        start_x, start_y = self.start(*floored, s)
+        rules = [rule(*floored, s) for rule in self.phases]
         moves = torch.stack([m for m, _ in rules], dim=1)
         counts = torch.stack([c for _, c in rules], dim=1)
-        idle = ~self.gate(n_x, n_y, s)
         start_x = torch.where(idle, n_x, start_x)
         start_y = torch.where(idle, n_y, start_y)
         counts = torch.where(idle[:, None], 0, counts)
         return Plan(start_x.int(), start_y.int(), moves.int(), counts.int())
 
-    def reuses_estimate(self, renoise: bool) -> bool:
+    def reuses_estimate(self, renoise: bool, floored: bool = False) -> bool:
         """Whether the estimate's forward can serve as the first move's ε̂: only when no frame is
-        re-noised before the walk. Otherwise the estimate is a levels-only pass (no decoder)."""
-        return not (renoise or self.starts_above_estimate)
+        re-noised before the walk (no `renoise`, no level floor). Otherwise the estimate is a
+        levels-only pass (no decoder)."""
+        return not (renoise or floored or self.starts_above_estimate)
 
 
 def _none(n_x: Levels, n_y: Levels, s: Settings) -> tuple[Levels, Levels]:
@@ -171,7 +179,7 @@ def settings_of(cfg, num_levels: int) -> Settings:
     """The Settings of a RolloutConfig-like `cfg`; an unset threshold refines every member (the
     API fills it in from the bundle's system default before it gets here)."""
     return Settings(num_levels, cfg.threshold or 0, cfg.threshold_heads or "x",
-                    cfg.thermalizer_start, cfg.thermalizer_stop)
+                    cfg.thermalizer_start, cfg.thermalizer_stop, cfg.level_floor, cfg.level_floor_y)
 
 
 def lattice_points(plan: Plan, member: int = 0) -> list[tuple[int, int]]:

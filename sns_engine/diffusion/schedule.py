@@ -11,7 +11,12 @@ and one reverse (ancestral) step n → n − 1 given a noise estimate ε̂ is
             = recip_sqrt_alpha[n] · x_n − eps_coef[n] · ε̂ + sigma[n] · z
 
 with the posterior standard deviation σ_n² = β_n (1 − ᾱ_{n−1}) / (1 − ᾱ_n). Since ᾱ_0 = 1,
-σ_1 = 0: the last step is noiseless. The level-0 entries are (1, 0, 0), so a "step" at n = 0
+σ_1 = 0: the last step is noiseless. The deterministic DDIM step (η = 0, no fresh noise) has the
+same form with its own coefficients and σ = 0:
+
+    x_{n−1} = √ᾱ_{n−1} · x̂_0 + √(1 − ᾱ_{n−1}) · ε̂,   x̂_0 = (x_n − √(1 − ᾱ_n) · ε̂) / √ᾱ_n
+            = ddim_x_coef[n] · x_n − ddim_eps_coef[n] · ε̂                           (walk="ddim")
+ The level-0 entries are (1, 0, 0), so a "step" at n = 0
 returns x unchanged (for finite ε̂ and z); nothing has to special-case it.
 
 Betas (Nichol & Dhariwal 2021): ᾱ(n) = f(n)/f(0), f(n) = cos²((n/N + s)/(1 + s) · π/2),
@@ -26,10 +31,10 @@ import math
 
 import torch
 
-from sns_engine.config import ConfigError
+from sns_engine.config import WALKS, ConfigError
 
 TABLES = ("betas", "alphas", "alpha_bar", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "sigma",
-          "recip_sqrt_alpha", "eps_coef")
+          "recip_sqrt_alpha", "eps_coef", "ddim_x_coef", "ddim_eps_coef")
 
 
 def cosine_tables(num_levels: int, s: float = 0.008,
@@ -46,9 +51,14 @@ def cosine_tables(num_levels: int, s: float = 0.008,
     sigma2[1:] = betas[1:] * one_minus[:-1] / one_minus[1:]
     eps_coef = torch.zeros_like(betas)
     eps_coef[1:] = betas[1:] / (one_minus[1:].sqrt() * alphas[1:].sqrt())
+    ddim_x_coef = torch.ones_like(betas)
+    ddim_x_coef[1:] = (alpha_bar[:-1] / alpha_bar[1:]).sqrt()
+    ddim_eps_coef = torch.zeros_like(betas)
+    ddim_eps_coef[1:] = ddim_x_coef[1:] * one_minus[1:].sqrt() - one_minus[:-1].sqrt()
     return {"betas": betas, "alphas": alphas, "alpha_bar": alpha_bar,
             "sqrt_alpha_bar": alpha_bar.sqrt(), "sqrt_one_minus_alpha_bar": one_minus.sqrt(),
-            "sigma": sigma2.sqrt(), "recip_sqrt_alpha": alphas.rsqrt(), "eps_coef": eps_coef}
+            "sigma": sigma2.sqrt(), "recip_sqrt_alpha": alphas.rsqrt(), "eps_coef": eps_coef,
+            "ddim_x_coef": ddim_x_coef, "ddim_eps_coef": ddim_eps_coef}
 
 
 def _per_sample(table: torch.Tensor, n: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -103,16 +113,26 @@ class CosineSchedule:
         return (_per_sample(self.sqrt_alpha_bar, n, x0) * x0
                 + _per_sample(self.sqrt_one_minus_alpha_bar, n, x0) * noise)
 
+    def step_tables(self, walk: str = "ddpm") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x coefficient, ε̂ coefficient, σ) per level of the reverse step of `walk`: "ddpm" (the
+        authors' ancestral step) or "ddim" (deterministic, η = 0: σ = 0)."""
+        if walk == "ddpm":
+            return self.recip_sqrt_alpha, self.eps_coef, self.sigma
+        if walk == "ddim":
+            return self.ddim_x_coef, self.ddim_eps_coef, torch.zeros_like(self.sigma)
+        raise ConfigError(f"unknown walk {walk!r}; choose one of {WALKS}")
+
     def reverse_step(self, x: torch.Tensor, eps_hat: torch.Tensor, n: torch.Tensor,
-                     z: torch.Tensor) -> torch.Tensor:
+                     z: torch.Tensor, walk: str = "ddpm") -> torch.Tensor:
         """One reverse step n → n−1 per sample (x at level n, n (B,)); pure, returns a new tensor.
 
-        z is multiplied by σ_n, which is 0 at n ≤ 1, so it has no effect there. At n = 0 the step
-        is the identity (coefficients 1, 0, 0): a member already clean stays as it is.
+        z is multiplied by σ_n, which is 0 at n ≤ 1 (and everywhere for walk="ddim"), so it has
+        no effect there. At n = 0 the step is the identity (coefficients 1, 0, 0): a member
+        already clean stays as it is.
         """
-        return (_per_sample(self.recip_sqrt_alpha, n, x) * x
-                - _per_sample(self.eps_coef, n, x) * eps_hat
-                + _per_sample(self.sigma, n, x) * z)
+        x_coef, eps_coef, sigma = self.step_tables(walk)
+        return (_per_sample(x_coef, n, x) * x - _per_sample(eps_coef, n, x) * eps_hat
+                + _per_sample(sigma, n, x) * z)
 
     def __repr__(self) -> str:
         return (f"CosineSchedule(num_levels={self.num_levels}, s={self.s}, "

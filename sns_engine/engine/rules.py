@@ -3,14 +3,18 @@
 Per physical step and member:
 
 - activation: which members a path refines by default (the bundle's system default fills an unset
-  threshold: Kolmogorov every member every step, QG either head ≥ 7, as the authors run it);
+  threshold: Kolmogorov every member every step, QG either head ≥ 7, as the authors run it), and
+  on which physical steps (`every`: steps 0, m, 2m, …; the others are bare emulator steps);
+- long-lag frame: the initial state (the authors' drivers) or the member's own state `lag` steps
+  back (`long="lagged"`, the relation the refiner was trained on; the initial state until then);
 - estimate: (n̂_x, n̂_y) = argmax of the two level heads;
-- refinement: the path's plan from the estimate; members estimated above `noise_limit` (the
-  Thermalizer's rule) are flagged instead of walked, and frozen members never walk;
+- refinement: the path's plan from the estimate (raised to the level floors, if any); members
+  estimated above `noise_limit` (the Thermalizer's rule) are flagged instead of walked, and frozen
+  members never walk; the walk's reverse step is DDPM (published) or DDIM (`walk`);
 - re-noise: a walking frame gets fresh noise up to its start level when that is above its estimate
   or when `renoise` asks for it (the authors' `forward_diff`);
-- reuse: the estimate's full forward serves the first move only when nothing is re-noised
-  (`Path.reuses_estimate`); otherwise the estimate is a levels-only pass;
+- reuse: the estimate's full forward serves the first move only when nothing is re-noised (no
+  `renoise`, no floor: `reuses_estimate`); otherwise the estimate is a levels-only pass;
 - acceptance: a new state that is non-finite or beyond `bound` is not taken; the member is flagged
   and frozen, the others go on.
 """
@@ -41,6 +45,26 @@ def describe_activation(cfg: RolloutConfig) -> str:
         return "refining every member every step"
     head = "n̂_x" if cfg.threshold_heads == "x" else "max(n̂_x, n̂_y)"
     return f"refining members with {head} ≥ {cfg.threshold}"
+
+
+def refines_at(cfg: RolloutConfig, step: int) -> bool:
+    """Whether physical step `step` (0-based) is refined: every `cfg.every`-th, from step 0."""
+    return step % cfg.every == 0
+
+
+def reuses_estimate(path: Path, cfg: RolloutConfig) -> bool:
+    """Whether the estimate's full forward serves as the first move (nothing re-noised)."""
+    return path.reuses_estimate(cfg.renoise, floored=bool(cfg.level_floor or cfg.level_floor_y))
+
+
+def lagged_index(cfg: RolloutConfig, step: int) -> int | None:
+    """The physical step whose state is the long-lag frame at `step`: step − lag, the initial
+    state (0) before that; None with long="initial" (the frame the rollout started with)."""
+    if cfg.long == "initial":
+        return None
+    if cfg.lag is None:
+        raise ValueError("long='lagged' needs lag (the API takes the refiner's training lag)")
+    return max(step - cfg.lag, 0)
 
 
 def estimate_levels(out) -> tuple[torch.Tensor, torch.Tensor]:
