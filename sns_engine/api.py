@@ -158,9 +158,10 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
 
     eng = Engine(emulator, denoiser, bundle.schedule, x0, cfg, members=members.to(device),
                  backend=backend, graphs=graphs, bf16=bf16)
+    watch = _heads_watch(bundle.config.get("calibration")) if model == "refiner" else None
     if out is None:
         announce()
-        states, levels, moves = drive(eng, steps, save_every, quiet=quiet)
+        states, levels, moves = drive(eng, steps, save_every, quiet=quiet, on_step=watch)
         scale = bundle.scale
         saved = (torch.stack(states, dim=1) * scale if states
                  else torch.zeros(len(members), 0, *x0.shape[1:]))
@@ -183,13 +184,33 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step, shard.rows)
     announce()
     drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
-        store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet)
+        store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet,
+        on_step=watch)
     writer.close(eng.flags, eng.flagged_at)
     shard.barrier()
     root = store.root
     return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),
                          torch.from_numpy(root["levels"][shard.rows]).long(),
                          torch.from_numpy(root["moves"][shard.rows]).long(), eng.stats)
+
+
+def _heads_watch(calibration: dict[str, Any] | None):
+    """An `on_step` for `drive` that warns once, at the first refined step, when the heads' estimates
+    sit far above the bundle's calibration (engine.rules.far_above_calibration)."""
+    import warnings
+
+    from sns_engine.engine.rules import far_above_calibration
+
+    pending = [True]
+
+    def watch(levels: torch.Tensor, moves: torch.Tensor) -> None:
+        if pending and (levels[:, 0] >= 0).any():
+            pending.clear()
+            message = far_above_calibration(levels.cpu(), calibration)
+            if message:
+                warnings.warn(message, UserWarning, stacklevel=4)
+
+    return watch
 
 
 def _check_memory(batch: int, saves: int, system: SystemSpec) -> None:

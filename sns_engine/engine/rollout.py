@@ -325,17 +325,21 @@ class RolloutResult:
 
 
 def drive(engine: Engine, steps: int, save_every: int, writer=None, checkpoint=None,
-          checkpoint_every: int = 0, quiet: bool = True) -> tuple[list, list, list]:
+          checkpoint_every: int = 0, quiet: bool = True,
+          on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> tuple[list, list, list]:
     """Run `engine` up to `steps` physical steps, streaming to `writer` (or collecting in memory).
 
     `checkpoint(next_step)` is called every `checkpoint_every` steps after the writer is flushed,
-    so a resumed run never misses a saved step. Returns the in-memory (states, levels, moves)."""
+    so a resumed run never misses a saved step; `on_step(levels, moves)` after every step.
+    Returns the in-memory (states, levels, moves)."""
     from tqdm.auto import tqdm
 
     states, levels, moves = [], [], []
     with tqdm(total=steps, initial=engine.next_step, disable=quiet, unit="step", desc="rollout") as bar:
         while engine.next_step < steps:
             lv, mv = engine.step()
+            if on_step is not None:
+                on_step(lv, mv)
             save = engine.next_step % save_every == 0
             with profiling.range("write"):
                 if writer is not None:

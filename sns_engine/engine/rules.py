@@ -72,6 +72,32 @@ def estimate_levels(out) -> tuple[torch.Tensor, torch.Tensor]:
     return out.logits_x.argmax(dim=-1), out.logits_y.argmax(dim=-1)
 
 
+UNCALIBRATED_LEVEL = 50   # without a calibration, a median first estimate above this is suspect
+
+
+def far_above_calibration(levels: torch.Tensor, calibration: dict | None) -> str | None:
+    """A warning when the first refined step's estimates (levels (B, 2): n̂_x, n̂_y; −1 not
+    estimated) sit far above what the bundle's heads read on the emulator's own proposals (its
+    calibration, one free step: median n̂_x > 3 × its 90th percentile + 5), or above
+    UNCALIBRATED_LEVEL when the bundle has no calibration; None when they look as calibrated.
+    Untrained or mismatched heads read hundreds and make every walk that long."""
+    n_x = levels[:, 0][levels[:, 0] >= 0]
+    if n_x.numel() == 0:
+        return None
+    median = int(n_x.float().median())
+    if calibration is None:
+        limit, seen = UNCALIBRATED_LEVEL, "the bundle has no calibration"
+    else:
+        p90 = calibration["emulator"]["n_x"][0]["p90"]
+        limit, seen = 3 * p90 + 5, f"its calibration reads n̂_x ≤ {p90:g} on the emulator's proposals"
+    if median <= limit:
+        return None
+    return (f"the level heads' first estimates sit far above this bundle's calibration (median "
+            f"n̂_x = {median}; {seen}): the heads may be untrained or meant for other data, and "
+            f"each walk costs about {median} refiner forwards; check them with `sns-engine "
+            "calibrate BUNDLE --data STORE`")
+
+
 class Refinement(NamedTuple):
     """One step's refinement of every member: the path's plan, the moves each member makes per
     phase (the plan's, 0 for members that do not walk) and the members flagged over the limit."""
