@@ -23,7 +23,8 @@ def levels(n_x):
 def test_the_rule_compares_the_median_first_estimate_with_the_calibration():
     assert far_above_calibration(levels([2, 3, 1, 11]), CALIBRATION) is None     # limit 3·2 + 5
     message = far_above_calibration(levels([12, 40, 9, 300]), CALIBRATION)
-    assert "median n̂_x = 12" in message  # the lower middle value and "≤ 2 on the emulator's proposals" in message
+    assert "median n̂_x = 12" in message                 # torch's median: the lower middle value
+    assert "≤ 2 on the emulator's proposals" in message
     assert "sns-engine calibrate" in message
     assert far_above_calibration(levels([-1, -1]), CALIBRATION) is None          # none estimated
     assert far_above_calibration(levels([UNCALIBRATED_LEVEL] * 3), None) is None
