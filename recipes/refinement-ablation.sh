@@ -24,7 +24,7 @@ case "$stage" in
             'left_down[level_floor=5]' 'left_down[level_floor=10,every=5]' \
             'left_down[long=lagged]' 'left_down[walk=ddim]' thermalizer "$@" ;;
     decisive)
-        : "${DECISIVE_METHODS:?set DECISIVE_METHODS to the pilot's selection (plan.md)}"
+        : "${DECISIVE_METHODS:?set DECISIVE_METHODS to the selection of the pilot (plan.md)}"
         # shellcheck disable=SC2086
         $cli study kolmogorov "${common[@]}" --out out/ablation-decisive --members 16 \
             --horizon 3000 --windows 6 --methods emulator left_down thermalizer \
