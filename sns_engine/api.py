@@ -172,7 +172,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         return ensemble_writer.create_ensemble_store(
             out, bundle.system, bundle.normalisation, cfg, batch, time_chunk=16, resume=may_exist,
             overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk,
-            perturb=perturbation(initial, perturb))
+            perturb=perturbation(initial, perturb),
+            bundle_files=bundle.checksums(["emulator", *([model] if denoiser is not None else [])],
+                                          initial=initial is None))
 
     store = open_store(resume) if shard.rank == 0 else None
     shard.barrier()  # rank 0 has created (or checked) the store
@@ -328,7 +330,7 @@ def calibrate(bundle: str | Path, data: str | Path, *, samples: int = 32,
 
 
 def evaluate(ensemble: str | Path, reference: str | Path, *, windows: int = 4, threshold: float = 1.0,
-             max_lag: int = 20, sample: int = 64) -> dict[str, Any]:
+             max_lag: int = 20, sample: int = 64, partial: bool = False) -> dict[str, Any]:
     """Metrics of an ensemble store against a solver store, as a JSON-able dict:
     spectrum errors, W1 distances and flagged share per time window, stability, autocorrelation.
 
@@ -342,4 +344,9 @@ def evaluate(ensemble: str | Path, reference: str | Path, *, windows: int = 4, t
     from sns_engine.diagnostics.evaluate import evaluate as _evaluate
 
     return _evaluate(ensemble, reference, windows=windows, threshold=threshold, max_lag=max_lag,
-                     sample=sample)
+                     sample=sample, partial=partial)
+    An unfinished ensemble store (its rollout killed, failed or still running) is refused, saying
+    how many steps it has of how many; `partial=True` evaluates the steps it has.
+
+    partial: evaluate the steps an unfinished ensemble store has written (default False)
+    check_type("partial", partial, bool)

@@ -8,9 +8,11 @@
       thermalizer.safetensors  (optional)
       initial.safetensors      a few solver snapshots to start rollouts from (optional)
 
-`load_bundle(path)` rebuilds models and schedule from the directory alone. Every weight file's
-SHA-256 is recorded in config.json and checked on load, so a truncated or tampered file is
-refused with a message naming it. A model whose training has not reached its last step (a run
+`load_bundle(path)` rebuilds models and schedule from the directory alone. It checks the whole
+bundle first (`check_config`: every entry a rollout reads, each network's channels, grid and
+heads against the system and schedule), so a broken bundle is refused before any work. Every
+weight file's SHA-256 is recorded in config.json and checked on load, so a truncated or tampered
+file is refused with a message naming it. A model whose training has not reached its last step (a run
 that failed or was killed; its checkpoint is in train/) is not loaded: asking for it says to
 rerun its training with --resume.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from sns_engine._version import __version__
 from sns_engine.config import ConfigError, from_dict, to_dict, write_json
 from sns_engine.data.store import SystemSpec
+from sns_engine.diffusion.paths import HEADS
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.files import atomic_write
 from sns_engine.models import MODEL_KINDS, build_model
@@ -77,6 +81,14 @@ class Bundle:
             raise BundleError(f"bundle {self.path} has no {kind} (it has {sorted(self.models)}); "
                               f"train a {kind} into it first")
         return self.models[kind]
+
+    def checksums(self, kinds: list[str], initial: bool = True) -> dict[str, str]:
+        """File name → SHA-256 (as config.json records them and loading verified) of the models
+        `kinds` and, with `initial`, of the shipped initial states: what a rollout reads."""
+        entries = [self.config["models"][kind] for kind in kinds]
+        if initial and INITIAL in self.config:
+            entries.append(self.config[INITIAL])
+        return {entry["file"]: entry["sha256"] for entry in entries}
 
 
 def _sha256(path: Path) -> str:
@@ -206,12 +218,91 @@ def _check_fits(path: Path, file: str, kind: str, model: torch.nn.Module,
                               "bundle's files or retrain")
 
 
+# (input, output) channels of each model's U-Net per channel of the system, and its level heads
+_NETWORK = {"emulator": (1, 1, 0), "refiner": (3, 2, 2), "thermalizer": (1, 1, 1)}
+
+
+def check_config(path: Path, config: dict[str, Any]) -> None:
+    """Refuse (BundleError) a config.json that lacks or garbles an entry a rollout reads, or whose
+    networks do not fit its system and schedule, naming the entry and the fix."""
+    fix = "restore the bundle's files or retrain it"
+
+    def bad(entry: str, what: str) -> BundleError:
+        return BundleError(f"bundle {path}: {CONFIG} entry {entry} {what}; {fix}")
+
+    def number(entry: str, value: Any, low: float, high: float = math.inf, integer: bool = False) -> None:
+        ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        if not ok or not (math.isfinite(value) and low <= value <= high):
+            kind = "an integer" if integer else "a finite number"
+            raise bad(entry, f"is {value!r}, not {kind} in [{low}, {high}]")
+
+    def entry_of(parent: dict[str, Any], key: str, where: str, kind: type = dict) -> Any:
+        if not isinstance(parent, dict) or key not in parent:
+            raise bad(f"{where}{key}", "is missing")
+        if not isinstance(parent[key], kind):
+            raise bad(f"{where}{key}", f"is {type(parent[key]).__name__}, not {kind.__name__}")
+        return parent[key]
+
+    system = entry_of(config, "system", "")
+    for key in ("name", "preset", "params", "channels", "channel_names", "grid", "snapshot_dt",
+                "domain_length"):
+        entry_of(system, key, "system.", object)
+    number("system.channels", system["channels"], 1, integer=True)
+    number("system.grid", system["grid"], 1, integer=True)
+    number("system.snapshot_dt", system["snapshot_dt"], 1e-300)
+    channels, grid = system["channels"], system["grid"]
+    if not isinstance(system["channel_names"], list) or len(system["channel_names"]) != channels:
+        raise bad("system.channel_names", f"is {system['channel_names']!r}, not {channels} names")
+    norm = entry_of(config, "normalisation", "")
+    for key in ("std", *(("mean",) if "mean" in norm else ())):
+        values = entry_of(norm, key, "normalisation.", list)
+        if len(values) != channels:
+            raise bad(f"normalisation.{key}", f"has {len(values)} values for {channels} channel(s)")
+        for i, v in enumerate(values):
+            number(f"normalisation.{key}[{i}]", v, 1e-300 if key == "std" else -math.inf)
+    sched = entry_of(config, "schedule", "")
+    number("schedule.num_levels", entry_of(sched, "num_levels", "schedule.", int), 1, integer=True)
+    number("schedule.s", entry_of(sched, "s", "schedule.", object), 1e-300)
+    number("schedule.max_beta", entry_of(sched, "max_beta", "schedule.", object), 1e-300, 1.0)
+    act = entry_of(config, "activation", "")
+    number("activation.threshold", entry_of(act, "threshold", "activation.", int), 0, integer=True)
+    if entry_of(act, "threshold_heads", "activation.", str) not in HEADS:
+        raise bad("activation.threshold_heads", f"is {act['threshold_heads']!r}, not one of {HEADS}")
+    for kind, entry in entry_of(config, "models", "").items():
+        where = f"models.{kind}."
+        if kind not in MODEL_KINDS:
+            raise bad(f"models.{kind}", f"names an unknown model kind; known: {sorted(MODEL_KINDS)}")
+        entry_of(entry, "file", where, str)
+        entry_of(entry, "sha256", where, str)
+        try:
+            unet = from_dict(UNetConfig, entry_of(entry, "unet", where))
+        except (ConfigError, TypeError) as err:
+            raise bad(f"{where}unet", f"is not a valid U-Net config ({err})") from err
+        ins, outs, heads = _NETWORK[kind]
+        # label_offset 1: heads without a clean class, N classes (the authors', models.labels)
+        offset = entry.get("label_offset", 0)
+        if offset not in ((0, 1) if heads else (0,)) or isinstance(offset, bool):
+            raise bad(f"{where}label_offset", f"is {offset!r}, not {'0 or 1' if heads else '0'}")
+        want = {"in_channels": ins * channels, "out_channels": outs * channels, "grid": grid,
+                "heads": heads,
+                **({"head_classes": sched["num_levels"] + 1 - offset} if heads else {})}
+        for key, value in want.items():
+            if getattr(unet, key) != value:
+                raise bad(f"{where}unet.{key}", f"is {getattr(unet, key)}, but the system and "
+                          f"schedule need {value}")
+    if INITIAL in config:
+        entry_of(config[INITIAL], "file", f"{INITIAL}.", str)
+        entry_of(config[INITIAL], "sha256", f"{INITIAL}.", str)
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Rebuild a bundle's models (eval mode, EMA weights), schedule and initial states."""
+    """Rebuild a bundle's models (eval mode, EMA weights), schedule and initial states, after
+    checking the whole bundle (`check_config`, then each file's checksum and tensor shapes)."""
     path = Path(path)
     config = read_config(path)
     if config is None:
         raise BundleError(f"{path} is not a bundle (no {CONFIG}); train models into it first")
+    check_config(path, config)
     try:
         sched = config["schedule"]
         schedule = CosineSchedule(sched["num_levels"], sched["s"], sched["max_beta"])
@@ -232,7 +323,17 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             model.load_state_dict(state)
             bundle.models[kind] = model.to(device).eval().requires_grad_(False)
         if INITIAL in config:
-            bundle.initial = _load_checked(path, config[INITIAL], "initial-state")["states"].to(device)
+            states = _load_checked(path, config[INITIAL], "initial-state").get("states")
+            system = bundle.system
+            if (states is None or states.ndim != 4
+                    or tuple(states.shape[1:]) != (system.channels, system.grid, system.grid)
+                    or not torch.isfinite(states).all()):
+                shape = "missing" if states is None else list(states.shape)
+                raise BundleError(f"bundle {path}: {config[INITIAL]['file']} does not hold finite "
+                                  f"initial states (K, {system.channels}, {system.grid}, "
+                                  f"{system.grid}) ('states' is {shape}); restore the bundle's "
+                                  "files or retrain it")
+            bundle.initial = states.to(device)
     except (KeyError, TypeError, ConfigError) as err:
         raise BundleError(f"bundle {path}: {CONFIG} is malformed ({err!r})") from err
     return bundle

@@ -95,7 +95,15 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from sns_engine import plots
+    from sns_engine.data.store import StoreError, TrajectoryStore
 
+    store = TrajectoryStore(args.store)  # an unfinished rollout's store, before any figure is made
+    missing = store.incomplete() if store.is_ensemble else None
+    if missing and not args.partial:
+        raise StoreError(f"{missing}, or pass partial=True to plot what it has written")
+    if missing and args.kind == "all":  # its evaluation reads the whole store
+        raise StoreError(f"{missing}; plot all needs a finished store (plot spectrum or snapshots "
+                         "take partial=True, evaluate too)")
     out = plots.plot_command(args.kind, Path(args.store), Path(args.output),
                              reference=args.reference and Path(args.reference))
     if not args.quiet:
@@ -128,7 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import sns_engine
 
     report = sns_engine.evaluate(args.ensemble, args.reference, windows=args.windows,
-                                 threshold=args.threshold)
+                                 threshold=args.threshold, partial=args.partial)
     text = json.dumps(report, indent=1)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -290,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ensemble", help=param_help(evaluate)["ensemble"])
     p.add_argument("--reference", required=True, help=param_help(evaluate)["reference"])
     p.add_argument("-o", "--output", help="JSON report file (default: print a summary only)")
-    _options(p, evaluate, ("windows", "threshold"), windows=positive)
+    _options(p, evaluate, ("windows", "threshold", "partial"), windows=positive)
     p.add_argument("--quiet", action="store_true", help="print nothing")
 
     p = _command(sub, "calibrate", cmd_calibrate, "how well the refiner's level heads read known noise "
@@ -322,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="study folder")
     for name, kind, meaning in STUDY_SIZES:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
+    p.add_argument("--partial", action="store_true",
+                   help="plot what an unfinished ensemble store (rollout killed or running) has written")
                        help=f"{meaning} (default: the recipe's, else {defaults[name]})")
     p.add_argument("--bundle", help="use this bundle's models instead of training them (it must "
                                     "hold every model the methods need)")
@@ -393,16 +403,17 @@ def cli_message(message: str, parser: argparse.ArgumentParser) -> str:
             continue
         name = re.escape(action.dest)
         if isinstance(action, argparse.BooleanOptionalAction):
-            message = re.sub(rf"\b{name}=True\b", options[0], message)
-            message = re.sub(rf"\b{name}=False\b", options[1], message)
+            message = re.sub(rf"(?<![\w-]){name}=True\b", options[0], message)
+            message = re.sub(rf"(?<![\w-]){name}=False\b", options[1], message)
         elif action.nargs == 0:
-            message = re.sub(rf"\b{name}=True\b", options[0], message)
+            message = re.sub(rf"(?<![\w-]){name}=True\b", options[0], message)
         else:
-            message = re.sub(rf"(?<!-set )\b{name}=(?:'([^']*)'|([\w.+-]*))",
+            message = re.sub(rf"(?<!-set )(?<![\w-]){name}=(?:'([^']*)'|([\w.+-]*))",
                              lambda m, option=options[0]: f"{option} {m[1] or m[2]}".rstrip(), message)
-            message = re.sub(rf"\b{name}(?= must\b)", options[0], message)
+            message = re.sub(rf"(?<![\w-]){name}(?= must\b)", options[0], message)
         message = message.replace(f"`{action.dest}`", options[0])
-    return re.sub(r"(--[\w-]+) \(\1\)", r"\1", message)  # "overwrite=True (--overwrite)"
+    message = re.sub(r"(--[\w-]+) \(\1\)", r"\1", message)  # "overwrite=True (--overwrite)"
+    return re.sub(r"\b\w+=True \((--[\w-]+)\)", r"\1", message)  # another command's option
 
 
 def main(argv: list[str] | None = None) -> None:

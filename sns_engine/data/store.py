@@ -7,13 +7,17 @@ Layout of a store (zarr format 3, opens in xarray):
     time        (time,) physical time of each snapshot after spin-up
     seed        (trajectory,) the seed each trajectory was started from
     progress    (block,) snapshots finished per block of trajectories; the last thing written
+                (an ensemble store: per rank's block of members, written by the rollout after
+                each flush of its states, so it records how far a killed or running rollout got)
     solver_state/b{block}/t{time}/...   the solver state after `time` snapshots (to resume)
     attrs["sns_engine"]   identity (`StoreSpec`: system, preset, every parameter, sizes, seed, version)
     attrs["normalisation"]  per-channel mean and std, written when the store is complete
     attrs["failed"]       why the generation stopped (solver divergence), until a rerun finishes it
 
-Readers refuse a store without normalisation (`check_complete`). Overwriting deletes only what
-sns_engine made (`remove_ours`): never a plain directory, a file or another program's Zarr group.
+Readers refuse an unfinished store (`check_complete`: a solver store without normalisation, an
+ensemble store whose progress is short of its steps); `written` is how far every trajectory got.
+Overwriting deletes only what sns_engine made (`remove_ours`): never a plain directory, a file or
+another program's Zarr group.
 
 Crash safety: a new store is built in a scratch folder and renamed into place, so the path holds
 either nothing or a whole empty store. Then for each chunk the order is data → solver state →
@@ -260,18 +264,63 @@ class TrajectoryStore:
     def complete(self) -> bool:
         return bool(np.all(self.root["progress"][:] == self.spec.snapshots))
 
-    def check_complete(self) -> None:
-        """Refuse (StoreError) a store whose generation has not finished, saying how to go on."""
-        if "normalisation" in self.root.attrs:
-            return
+    @property
+    def is_ensemble(self) -> bool:
+        """Whether a rollout wrote this store (sns_engine.engine.writer), not a solver."""
+        return "rollout" in self.root.attrs
+
+    def written(self) -> int:
+        """Snapshots written of every trajectory: all of them in a finished store."""
+        if not self.is_ensemble:
+            return self.spec.snapshots if "normalisation" in self.root.attrs else max(
+                int(self.root["progress"][:].min()), 0)
+        progress = np.asarray(self.root["progress"][:])
+        if (progress < 0).all():  # written before the rollout recorded its progress
+            return self._checkpointed()
+        return max(int(progress.min()), 0)
+
+    def _checkpointed(self) -> int:
+        """Saved states of an ensemble store that records no progress (sns_engine ≤ 0.2.0): the
+        least step of its ranks' resume checkpoints (engine.safetensors, engine-r{rank}...), each
+        written after its states; 0 unless every rank has one."""
+        from safetensors import safe_open
+
+        files = sorted(self.path.glob("engine*.safetensors"))
+        ranks = -(-self.spec.trajectories // self.root["flags"].chunks[0])
+        if len(files) < ranks:
+            return 0
+        steps = []
+        for file in files:
+            with safe_open(str(file), framework="numpy") as f:
+                steps.append(int(f.get_tensor("next_step")))
+        return min(steps) // self.root.attrs["rollout"].get("save_every", 1)
+
+    def incomplete(self) -> str | None:
+        """None for a finished store, else what it lacks and how to finish it (one line)."""
         spec = self.spec
+        if self.is_ensemble:
+            done, every = self.written(), self.root.attrs["rollout"].get("save_every", 1)
+            if done >= spec.snapshots:
+                return None
+            return (f"{self.path} is incomplete: {done * every} of {spec.snapshots * every} rollout "
+                    "steps written (a rollout that was killed, failed or is still running); "
+                    "finish it by rerunning its rollout with resume=True (--resume)")
+        if "normalisation" in self.root.attrs:
+            return None
         done = sum(max(self.progress(b), 0) * len(spec.block_members(b)) for b in range(spec.blocks))
         where = f"{self.path} is incomplete ({done} of {spec.trajectories * spec.snapshots} snapshots)"
         failed = self.root.attrs.get("failed")
         if failed is not None:
-            raise StoreError(f"{where}: its generation failed ({failed}); generate it again with "
-                             "other settings and overwrite=True, or delete it")
-        raise StoreError(f"{where}; rerun the same data generation to finish it")
+            return (f"{where}: its generation failed ({failed}); generate it again with other "
+                    "settings and overwrite=True, or delete it")
+        return f"{where}; rerun the same data generation to finish it"
+
+    def check_complete(self) -> None:
+        """Refuse (StoreError) a store whose generation or rollout has not finished, saying how
+        far it got and how to go on (`incomplete`)."""
+        reason = self.incomplete()
+        if reason is not None:
+            raise StoreError(reason)
 
     def save_state(self, block: int, done: int, arrays: dict[str, np.ndarray]) -> None:
         """Persist the solver state after `done` snapshots of `block`, then mark progress."""

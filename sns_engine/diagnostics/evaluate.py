@@ -120,7 +120,7 @@ def _worst(x: torch.Tensor) -> torch.Tensor:
 def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, threshold: float = 1.0,
              max_lag: int = 20, sample: int = 64, energy_bounds: tuple[float, float] = (0.1, 10.0),
              resamples: int = 1000, seed: int = 0, atoms: int = 256,
-             start: int = 0) -> dict[str, Any]:
+             start: int = 0, partial: bool = False) -> dict[str, Any]:
     """Evaluate the ensemble store against the solver store; returns a JSON-able report.
 
     `threshold` bounds a member's per-snapshot symmetric spectrum error (mean |log| ratio over
@@ -132,8 +132,18 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     (memory and time stay small). The solver's autocorrelation is taken at the ensemble's lag
     times (every `save_every`-th reference snapshot); it is left out when the ensemble's interval
     is not a whole number of reference intervals. `start` skips the ensemble store's first
-    snapshots (a solver control store holds the members' initial state first)."""
+    snapshots (a solver control store holds the members' initial state first).
+
+    An unfinished ensemble store (a rollout killed, failed or still running; `TrajectoryStore.
+    incomplete`) is refused, saying how far it got; with `partial` only its written snapshots are
+    evaluated (report["complete"] is False then). Solver stores are taken as they are."""
     ens, ref = TrajectoryStore(ensemble), TrajectoryStore(reference)
+    missing = ens.incomplete() if ens.is_ensemble else None
+    written = ens.written() if missing else ens.spec.snapshots
+    if missing and not partial:
+        save_every = ens.root.attrs["rollout"].get("save_every", 1)
+        raise StoreError(f"{missing}, or pass partial=True to evaluate the {written * save_every} "
+                         "steps written")
     for key in ("system", "grid", "channels"):
         if getattr(ens.spec, key) != getattr(ref.spec, key):
             raise StoreError(f"{ensemble} has {key}={getattr(ens.spec, key)!r} but the reference "
@@ -161,9 +171,11 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     ref_energy_mean = {c: float(v.mean()) for c, v in ref_energy.items()}
     curve_names = list(ref_spectra)
 
-    n, t = ens.spec.trajectories, ens.spec.snapshots - start
+    n, t = ens.spec.trajectories, written - start
     if not 0 <= start < ens.spec.snapshots:
         raise ValueError(f"start must lie in 0..{ens.spec.snapshots - 1}, got {start}")
+    if t <= 0:
+        raise StoreError(f"{missing}; it has no written snapshot to evaluate yet")
     dt = ens.spec.snapshot_dt
     flags = np.asarray(ens.root["flags"][:]) if "flags" in ens.root else np.zeros(n, int)
     flagged_at = (np.asarray(ens.root["flagged_at"][:]) if "flagged_at" in ens.root
@@ -175,6 +187,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
 
     report: dict[str, Any] = {
         "ensemble": str(ensemble), "reference": str(reference), "members": n, "snapshots": t,
+        "complete": missing is None,
         "snapshot_dt": dt, "resolved_wavenumber": k_max,
         "bands": {b: [float(k[s][0]), float(k[s][-1])] for b, s in bands.items()},
         "bootstrap": {"resamples": resamples, "seed": seed, "level": intervals.LEVEL, "atoms": atoms},
@@ -259,7 +272,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     aligned = stride >= 1 and math.isclose(stride * ref.spec.snapshot_dt, dt, rel_tol=1e-6)
     lags = min(max_lag, t - 1, (t_ref - 1) // stride) if aligned else 0
     if lags >= 1:  # both autocorrelations at the ensemble's lag times
-        acf_ens = statistics.autocorrelation(torch.from_numpy(np.asarray(ens.fields[:, start:])), lags)
+        acf_ens = statistics.autocorrelation(torch.from_numpy(np.asarray(ens.fields[:, start:written])),
+                                             lags)
         ref_window = np.asarray(ref.fields[:, :min(t_ref, stride * max(4 * lags, t)):stride])
         acf_ref = statistics.autocorrelation(torch.from_numpy(ref_window), lags)
         tau_ens = statistics.decorrelation_time(acf_ens, dt)
@@ -278,8 +292,9 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
         "trend": {c: statistics.stationarity(v, ref_time) if v.size >= 3 else None
                   for c, v in series.items()}}
     if "levels" in ens.root:
-        levels = np.asarray(ens.root["levels"][:])
-        moves = np.asarray(ens.root["moves"][:])
+        steps = written * save_every  # physical steps of the written snapshots
+        levels = np.asarray(ens.root["levels"][:, :steps])
+        moves = np.asarray(ens.root["moves"][:, :steps])
         report["levels"] = {name: _histogram(levels[..., i]) for i, name in enumerate(("n_x", "n_y"))}
         report["moves"] = {**_histogram(moves), "mean": float(moves[moves >= 0].mean())
                            if (moves >= 0).any() else None}

@@ -10,6 +10,10 @@ members, in physical units, with extra per-step arrays:
     engine.safetensors + attrs["engine"]      the resume checkpoint (states, flags, next step)
     attrs["rollout"]                          the RolloutConfig, plus "perturb": the relative
                                               amplitude of the initial-state perturbation
+    attrs["bundle"]                           SHA-256 of each bundle file the rollout reads; a
+                                              resume with another bundle is refused
+    progress    (rank,) int64                 saved states on disk per rank's block of members
+                                              (written at each flush): how far the rollout got
 
 The rollout loop hands over device tensors; they are copied into pinned host buffers (on CUDA)
 and written by one background thread, `time_chunk` saves per chunk write, so the GPU never waits
@@ -38,24 +42,31 @@ CHECKPOINT = "engine.safetensors"  # engine-r{rank}.safetensors for rank > 0 of 
 
 def create_ensemble_store(out: str | Path, system: SystemSpec, normalisation: dict[str, Any],
                           cfg, members: int, time_chunk: int, resume: bool, overwrite: bool,
-                          member_chunk: int | None = None, perturb: float = 0.0) -> TrajectoryStore:
+                          member_chunk: int | None = None, perturb: float = 0.0,
+                          bundle_files: dict[str, str] | None = None) -> TrajectoryStore:
     """The ensemble store for `members` members of `cfg` (a RolloutConfig) of `system` (the
     bundle's), storing every save_every-th step; reopened to resume.
 
     Per-member arrays are chunked by `member_chunk` members (default: all), so ranks that own
     disjoint, chunk-aligned member ranges never write the same chunk. `perturb` (the initial
-    states' perturbation amplitude) is recorded with `cfg`. Only a sns_engine store is ever
-    replaced or continued (TrajectoryStore.create refuses anything else)."""
+    states' perturbation amplitude) is recorded with `cfg`, `bundle_files` (file name → SHA-256
+    of the bundle files the rollout reads) as attrs["bundle"]. A resume is refused, naming the
+    setting in the API's words, unless the store was made with the same settings, members and
+    bundle. Only a sns_engine store is ever replaced or continued (TrajectoryStore.create refuses
+    anything else)."""
     member_chunk = member_chunk or members
     saved = dataclasses.replace(system, snapshot_dt=system.snapshot_dt * cfg.save_every)
     spec = StoreSpec.of(saved, trajectories=members, snapshots=cfg.steps // cfg.save_every,
-                        seed=cfg.seed, trajectory_batch=members,
+                        seed=cfg.seed, trajectory_batch=member_chunk,  # a progress entry per rank
                         time_chunk=min(time_chunk, max(cfg.steps // cfg.save_every, 1)))
     out = Path(out)
     record = {**to_dict(cfg), "perturb": perturb}
     if out.exists() and not resume and not overwrite and foreign(out) is None:
         raise FileExistsError(f"{out} exists; pass resume=True to continue it or overwrite=True "
                               "to replace it")
+    if out.exists() and resume and foreign(out) is None and (out / "zarr.json").is_file():
+        _check_resumable(TrajectoryStore(out), record, members, member_chunk, saved,
+                         normalisation, bundle_files)
 
     def add_rollout_arrays(root: zarr.Group) -> None:
         root.create_array("levels", shape=(members, cfg.steps, 2), chunks=(member_chunk, time_chunk, 2),
@@ -68,17 +79,50 @@ def create_ensemble_store(out: str | Path, system: SystemSpec, normalisation: di
                           fill_value=-1, dimension_names=("trajectory",))
         root.attrs["normalisation"] = normalisation
         root.attrs["rollout"] = record
+        root.attrs["bundle"] = bundle_files or {}
 
     store = TrajectoryStore.create(out, spec, overwrite=overwrite and not resume,
                                    extend=add_rollout_arrays)
-    stored = store.root.attrs.get("rollout")
-    if stored != record:
-        key = next(k for k in sorted({*record, *(stored or {})})
-                   if (stored or {}).get(k) != record.get(k))
-        raise FileExistsError(f"{out} holds a rollout with {key}={(stored or {}).get(key)!r} (asked "
-                              f"{key}={record.get(key)!r}); pass overwrite=True to replace it or "
-                              "choose another out=")
     return store
+
+
+def _check_resumable(store: TrajectoryStore, record: dict[str, Any], members: int, member_chunk: int,
+                     system: SystemSpec, normalisation: dict[str, Any],
+                     bundle_files: dict[str, str] | None) -> None:
+    """Refuse (FileExistsError) to continue `store` with other settings, members, system or bundle
+    than it was made with, naming the first difference as the rollout's parameter."""
+    out, spec = store.path, store.spec
+    fix = "resume with what it was made with, or pass overwrite=True to replace it or choose another out="
+    if not store.is_ensemble:
+        raise FileExistsError(f"{out} is a solver store, not a rollout's; choose another out=")
+    if spec.trajectories != members:
+        raise FileExistsError(f"{out} was made with batch={spec.trajectories}, not batch={members}; {fix}")
+    stored = store.root.attrs.get("rollout") or {}
+    for key in sorted({*record, *stored}):
+        if stored.get(key) != record.get(key):
+            raise FileExistsError(f"{out} was made with {key}={stored.get(key)!r}, not "
+                                  f"{key}={record.get(key)!r}; {fix}")
+    held = store.root.attrs.get("bundle")
+    files = bundle_files or {}
+    changed = sorted(name for name in {*(held or {}), *files} if (held or {}).get(name) != files.get(name))
+    if held is not None and changed:  # stores of sns_engine ≤ 0.2.0 recorded no bundle
+        name = changed[0]
+        raise FileExistsError(f"{out} was rolled out with another bundle: its {name} had SHA-256 "
+                              f"{str(held.get(name))[:12]}…, this bundle's {str(files.get(name))[:12]}…; "
+                              "resume it with the bundle it was made with, or pass overwrite=True "
+                              "to replace it or choose another out=")
+    if (spec.system_spec != system or store.root.attrs.get("normalisation") != normalisation):
+        raise FileExistsError(f"{out} was rolled out with a bundle of another system or "
+                              "normalisation; resume it with the bundle it was made with, or pass "
+                              "overwrite=True to replace it or choose another out=")
+    chunk = store.root["flags"].chunks[0]  # members per rank of the run that made it
+    if chunk != member_chunk:
+        ranks = -(-members // chunk)
+        raise FileExistsError(f"{out} was written by {ranks} rank(s) of {chunk} members; resume it "
+                              f"with {ranks} (torchrun --nproc_per_node={ranks})")
+    if spec.trajectory_batch != member_chunk:  # sns_engine ≤ 0.2.0 on several ranks
+        raise FileExistsError(f"{out} was written by an older sns_engine on several ranks, which "
+                              "this version cannot resume; pass overwrite=True to roll it out anew")
 
 
 class EnsembleWriter:
@@ -109,11 +153,14 @@ class EnsembleWriter:
             self._hand_over()
 
     def flush(self, flags: torch.Tensor, flagged_at: torch.Tensor) -> None:
-        """Write everything recorded so far and wait until it is on disk."""
+        """Write everything recorded so far, wait until it is on disk, then record this rank's
+        progress (the saved states its members have on disk)."""
         self._hand_over()
         self.queue.put(("flags", (_to_host(flags), _to_host(flagged_at)), _event()))
         self.queue.join()
         self._raise()
+        block = self.members.start // self.store.spec.trajectory_batch
+        self.store.root["progress"][block] = self.save_start
 
     def close(self, flags: torch.Tensor, flagged_at: torch.Tensor) -> None:
         self.flush(flags, flagged_at)

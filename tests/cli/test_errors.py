@@ -28,6 +28,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = ["--batch", "1", "--steps", "1", "--path", "emulator", "--quiet"]
 
 
+def _small_initial_states(path, config):
+    """Replace the bundle's initial states by 16² ones, recorded with their true checksum."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    save_file({"states": torch.zeros(4, 1, 16, 16)}, str(path / "initial.safetensors"))
+    digest = hashlib.sha256((path / "initial.safetensors").read_bytes()).hexdigest()
+    config["initial"].update(sha256=digest, count=4)
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """Paths the cases refer to as {name}: broken bundles, a plain folder, a file, an ensemble store."""
@@ -46,6 +57,10 @@ def ws(tmp_path_factory):
         "mismatch": bundle("mismatch", lambda p, c: c["models"]["refiner"]["unet"].update(hidden=32)),
         "no_weights": bundle("no_weights", lambda p, c: (p / "refiner.safetensors").unlink()),
         "emulator_only": bundle("emulator_only", lambda p, c: c["models"].pop("refiner")),
+        "no_std": bundle("no_std", lambda p, c: c["normalisation"].pop("std")),
+        "bad_heads": bundle("bad_heads", lambda p, c: c["activation"].update(threshold_heads="z")),
+        "wrong_grid": bundle("wrong_grid", lambda p, c: c["models"]["refiner"]["unet"].update(grid=32)),
+        "bad_initial": bundle("bad_initial", _small_initial_states),
         "plain": root / "plain", "file": root / "file", "ens": root / "ens.zarr", "new": root / "new",
     }
     (paths["bad_json"] / "config.json").write_text("{oops")
@@ -106,6 +121,14 @@ CASES = [
      "refiner weights refiner.safetensors are missing"),
     ("bundle without refiner", "rollout --bundle {emulator_only} --path left_down --out {new}.zarr",
      "has no refiner (it has ['emulator', 'thermalizer'])"),
+    ("bundle without normalisation.std", "rollout --bundle {no_std} --out {new}.zarr",
+     "config.json entry normalisation.std is missing; restore the bundle's files or retrain it"),
+    ("bundle with unknown heads", "rollout --bundle {bad_heads} --out {new}.zarr",
+     "config.json entry activation.threshold_heads is 'z', not one of ('x', 'either')"),
+    ("bundle network of another grid", "rollout --bundle {wrong_grid} --out {new}.zarr",
+     "config.json entry models.refiner.unet.grid is 32, but the system and schedule need 64"),
+    ("bundle initial states of another grid", "rollout --bundle {bad_initial} --out {new}.zarr",
+     "initial.safetensors does not hold finite initial states (K, 1, 64, 64) ('states' is [4, 1, 16, 16])"),
     # rollout: output location
     ("out under a file", "rollout --out {file}/ens.zarr", "not a directory: "),
     ("out is a plain folder", "rollout --out {plain}", "is a plain directory, not a sns_engine store"),
@@ -178,6 +201,14 @@ def test_cuda_without_cuda(ws, command):
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("name", ["no_std", "bad_heads", "wrong_grid", "bad_initial"])
+def test_broken_bundle_is_refused_before_the_store_is_made(ws, tmp_path, name):
+    out = tmp_path / "ens.zarr"
+    status, err = run(["rollout", "--bundle", str(ws[name]), "--out", str(out), *TINY])
+    assert status == 2 and f"bundle {ws[name]}: " in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_unwritable_out(ws, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()

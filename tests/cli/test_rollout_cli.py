@@ -1,6 +1,8 @@
 """Rollout, evaluation and plots through the public API and the CLI, on a tiny trained bundle."""
 
+import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -120,3 +122,113 @@ def test_default_bundle_rollout_as_documented(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == "ok"
+
+
+# ------------------------------------------------------- unfinished stores; resuming with a bundle
+def main(*argv) -> tuple[int, str]:
+    """(exit status, stderr) of `sns-engine argv` run in-process."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    from sns_engine import cli as cli_module
+
+    err = StringIO()
+    with redirect_stderr(err), redirect_stdout(StringIO()):
+        try:
+            cli_module.main([str(a) for a in argv])
+        except SystemExit as exit_:
+            return exit_.code, err.getvalue()
+    return 0, err.getvalue()
+
+
+def failing_rollout(monkeypatch, bundle, out, fail_at: int, **kwargs):
+    """A rollout into `out` whose `fail_at`-th engine step raises (checkpoints every 2 steps)."""
+    from sns_engine.engine import rollout as engine_module
+
+    real, calls = engine_module.Engine.step, iter(range(1, 10**6))
+
+    def step(self):
+        if next(calls) == fail_at:
+            raise RuntimeError("simulated failure")
+        return real(self)
+
+    monkeypatch.setattr(engine_module.Engine, "step", step)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        sns_engine.rollout(bundle, out=out, checkpoint_every=2, quiet=True, **kwargs)
+    monkeypatch.setattr(engine_module.Engine, "step", real)
+
+
+def test_unfinished_store_is_refused_until_resumed_or_asked_for_partially(
+        tiny_bundle, tiny_kolmogorov, tmp_path, monkeypatch):
+    from sns_engine.data.store import StoreError
+
+    ens = tmp_path / "ens.zarr"
+    args = dict(batch=2, steps=8, path="emulator")
+    failing_rollout(monkeypatch, tiny_bundle, ens, fail_at=6, **args)  # steps 1-4 checkpointed
+    store = TrajectoryStore(ens)
+    assert store.written() == 4 and list(store.root["progress"][:]) == [4]
+    told = (f"{ens} is incomplete: 4 of 8 rollout steps written (a rollout that was killed, failed "
+            "or is still running); finish it by rerunning its rollout with ")
+    with pytest.raises(StoreError) as refused:
+        sns_engine.evaluate(ens, tiny_kolmogorov, windows=2)
+    assert str(refused.value) == (told + "resume=True (--resume), or pass partial=True to evaluate "
+                                  "the 4 steps written")
+    assert main("evaluate", ens, "--reference", tiny_kolmogorov) == (
+        2, f"sns-engine evaluate: error: {told}--resume, or pass --partial to evaluate the 4 steps written\n")
+    status, err = main("plot", "snapshots", ens, "-o", tmp_path / "s.png")
+    assert status == 2 and err.endswith("or pass --partial to plot what it has written\n")
+    assert not (tmp_path / "s.png").exists()
+    status, err = main("plot", "all", ens, "--reference", tiny_kolmogorov, "-o", tmp_path / "f", "--partial")
+    assert status == 2 and "plot all needs a finished store" in err
+
+    report = sns_engine.evaluate(ens, tiny_kolmogorov, windows=2, partial=True)
+    assert report["complete"] is False and report["snapshots"] == 4
+    assert all(math.isfinite(w["spectrum_error"]["energy"]) for w in report["windows"])
+    assert main("evaluate", ens, "--reference", tiny_kolmogorov, "--partial", "--quiet")[0] == 0
+
+    sns_engine.rollout(tiny_bundle, out=ens, checkpoint_every=2, resume=True, quiet=True, **args)
+    assert TrajectoryStore(ens).incomplete() is None
+    assert sns_engine.evaluate(ens, tiny_kolmogorov, windows=2)["complete"] is True
+
+
+def test_store_of_an_older_version_is_judged_by_its_checkpoints(tiny_bundle, tmp_path):
+    ens = tmp_path / "ens.zarr"
+    sns_engine.rollout(tiny_bundle, out=ens, batch=2, steps=4, path="emulator", quiet=True)
+    store = TrajectoryStore(ens, mode="r+")
+    store.root["progress"][:] = -1  # sns_engine 0.2.0 did not record progress
+    assert store.written() == 4 and store.incomplete() is None
+    (ens / "engine.safetensors").unlink()
+    assert store.written() == 0 and "0 of 4 rollout steps" in store.incomplete()
+
+
+def test_resume_refuses_another_bundle_or_other_settings(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    ens = tmp_path / "ens.zarr"
+    failing_rollout(monkeypatch, tiny_bundle, ens, fail_at=3, batch=2, steps=8, path="emulator")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    weights = load_file(str(other / "emulator.safetensors"))
+    save_file({k: v * 1.01 for k, v in weights.items()}, str(other / "emulator.safetensors"))
+    config = json.loads((other / "config.json").read_text())
+    digest = hashlib.sha256((other / "emulator.safetensors").read_bytes()).hexdigest()
+    config["models"]["emulator"]["sha256"] = digest
+    (other / "config.json").write_text(json.dumps(config))
+    base = ["rollout", "--out", ens, "--batch", 2, "--steps", 8, "--path", "emulator",
+            "--checkpoint-every", 2, "--resume", "--quiet"]
+    status, err = main(*base, "--bundle", other)
+    assert status == 2 and err.startswith(f"sns-engine rollout: error: {ens} was rolled out with "
+                                          "another bundle: its emulator.safetensors had SHA-256 ")
+    assert err.endswith("resume it with the bundle it was made with, or pass --overwrite to replace "
+                        "it or choose another --out\n")
+    status, err = main(*base[:4], 4, *base[5:], "--bundle", tiny_bundle)
+    assert (status, err) == (2, f"sns-engine rollout: error: {ens} was made with --batch 2, not --batch 4; "
+                                "resume with what it was made with, or pass --overwrite to replace it "
+                                "or choose another --out\n")
+    status, err = main(*base, "--bundle", tiny_bundle, "--seed", 3)
+    assert status == 2 and "was made with --seed 0, not --seed 3" in err
+    assert TrajectoryStore(ens).written() == 2   # untouched by the refusals
+    assert main(*base, "--bundle", tiny_bundle) == (0, "")
+    assert TrajectoryStore(ens).incomplete() is None
