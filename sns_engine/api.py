@@ -334,19 +334,19 @@ def evaluate(ensemble: str | Path, reference: str | Path, *, windows: int = 4, t
     """Metrics of an ensemble store against a solver store, as a JSON-able dict:
     spectrum errors, W1 distances and flagged share per time window, stability, autocorrelation.
 
+    An unfinished ensemble store (its rollout killed, failed or still running) is refused, saying
+    how many steps it has of how many; `partial=True` evaluates the steps it has.
+
     ensemble: ensemble store (*.zarr) of a rollout
     reference: solver store (*.zarr) of the same system, grid and channels
     windows: time windows the metrics are reported for (default 4)
     threshold: spectrum error beyond which a member counts as unstable (default 1.0)
     max_lag: largest autocorrelation lag, in saved steps (default 20)
     sample: most reference snapshots read per trajectory, bounding memory and time (default 64)
+    partial: evaluate the steps an unfinished ensemble store has written (default False)
     """
     from sns_engine.diagnostics.evaluate import evaluate as _evaluate
 
+    check_type("partial", partial, bool)
     return _evaluate(ensemble, reference, windows=windows, threshold=threshold, max_lag=max_lag,
                      sample=sample, partial=partial)
-    An unfinished ensemble store (its rollout killed, failed or still running) is refused, saying
-    how many steps it has of how many; `partial=True` evaluates the steps it has.
-
-    partial: evaluate the steps an unfinished ensemble store has written (default False)
-    check_type("partial", partial, bool)

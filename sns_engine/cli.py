@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="solver or ensemble store (*.zarr)")
     p.add_argument("-o", "--output", required=True, help="PNG file (a folder for 'all')")
     p.add_argument("--reference", help="solver store to compare with (needed by 'all')")
+    p.add_argument("--partial", action="store_true",
+                   help="plot what an unfinished ensemble store (rollout killed or running) has written")
     p.add_argument("--quiet", action="store_true", help="print nothing")
 
     p = _command(sub, "study", cmd_study, "data → train → rollout every method → evaluate → report "
@@ -330,8 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="study folder")
     for name, kind, meaning in STUDY_SIZES:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
-    p.add_argument("--partial", action="store_true",
-                   help="plot what an unfinished ensemble store (rollout killed or running) has written")
                        help=f"{meaning} (default: the recipe's, else {defaults[name]})")
     p.add_argument("--bundle", help="use this bundle's models instead of training them (it must "
                                     "hold every model the methods need)")

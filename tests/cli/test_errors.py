@@ -191,6 +191,14 @@ def test_bad_input_is_one_line(ws, argv, phrase):
     assert phrase in err
 
 
+@pytest.mark.parametrize("name", ["no_std", "bad_heads", "wrong_grid", "bad_initial"])
+def test_broken_bundle_is_refused_before_the_store_is_made(ws, tmp_path, name):
+    out = tmp_path / "ens.zarr"
+    status, err = run(["rollout", "--bundle", str(ws[name]), "--out", str(out), *TINY])
+    assert status == 2 and f"bundle {ws[name]}: " in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("command", ["rollout --out {new}", "train emulator --data {ens} --out {new}",
                                      "study kolmogorov --out {new}"])
@@ -201,14 +209,6 @@ def test_cuda_without_cuda(ws, command):
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
-@pytest.mark.parametrize("name", ["no_std", "bad_heads", "wrong_grid", "bad_initial"])
-def test_broken_bundle_is_refused_before_the_store_is_made(ws, tmp_path, name):
-    out = tmp_path / "ens.zarr"
-    status, err = run(["rollout", "--bundle", str(ws[name]), "--out", str(out), *TINY])
-    assert status == 2 and f"bundle {ws[name]}: " in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-
 def test_unwritable_out(ws, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
