@@ -12,11 +12,19 @@ steps from those frames (long frame = the start, y = the previous state, x = the
 a rollout). Each entry keeps the median and the 10–90 % range over the frames. A head
 *resolves* level k when its median is within max(2, 25 % of k) of k; the bar is every k in
 3..200 for both heads (x_given_clean_y and y_given_clean_x).
+
+Where a calibration is stored: the bundle's config.json ("calibration"), or, with `out`, a copy
+of the bundle made for it (`record`). A bundle inside the installed package (the embedded
+default) is never written: calibrate a copy. The data is recorded by its origin (`data_origin`:
+the command and seed that make it, its spec's checksum), never by a local path.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sns_engine.bundle import Bundle, check_compatible, load_bundle, save_calibration
+from sns_engine.bundle import CONFIG, Bundle, check_compatible, load_bundle, read_config, save_calibration
 from sns_engine.data.datasets import refiner_triples
 from sns_engine.data.store import TrajectoryStore
 from sns_engine.engine.rollout import chunked
@@ -47,6 +55,69 @@ def held_out_triples(loaded: Bundle, data: str | Path, samples: int,
     triples = refiner_triples(store, train["lag"], trajectories=held_out)
     picks = torch.randint(len(triples), (samples,), generator=gen)
     return held_out, torch.stack([triples[int(i)] for i in picks]).unbind(1)
+
+
+def data_origin(store: TrajectoryStore) -> dict[str, Any]:
+    """Where a solver store came from, relative to nothing: the `sns-engine data` command and seed
+    that make it (solver parameters other than the preset's are not in the command: they are in
+    the spec) and the SHA-256 of its spec (system, every parameter, sizes, seed, chunking) as
+    sorted JSON; no local path."""
+    spec = store.spec
+    fields = {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()
+    return {"command": f"sns-engine data {spec.system} --preset {spec.preset} --trajectories "
+                       f"{spec.trajectories} --snapshots {spec.snapshots} --seed {spec.seed} "
+                       f"--trajectory-batch {spec.trajectory_batch} --time-chunk {spec.time_chunk}",
+            "seed": spec.seed, "spec_sha256": digest}
+
+
+PACKAGE = Path(__file__).resolve().parent   # bundles inside it are the package's own files
+
+
+def check_target(bundle: str | Path, out: str | Path | None = None) -> None:
+    """Refuse, before any work, a calibration that could not be stored: into a bundle inside the
+    installed sns_engine package (the embedded default: its files are never changed; the error
+    says how to calibrate a copy), or into an `out` that exists and is not an empty directory."""
+    source = Path(bundle)
+    if out is not None and Path(out).resolve() != source.resolve():
+        target = Path(out)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise ValueError(f"out={target} exists and is not an empty directory; choose a new "
+                             "directory for the calibrated copy of the bundle")
+        return
+    if source.resolve().is_relative_to(PACKAGE):
+        raise ValueError(f"bundle {source} is part of the installed sns_engine package (the "
+                         "embedded default), whose files sns_engine never changes; pass out=DIR "
+                         "(CLI: --out DIR) to write the calibration into a copy of the bundle "
+                         "there, or save=False (CLI: --no-save) to only print it")
+
+
+def writable_bundle(bundle: str | Path, out: str | Path | None = None) -> Path:
+    """The bundle directory a calibration of `bundle` is written to (`check_target` first):
+    `bundle` itself, or with `out` a copy of it made there (config.json and the weight and state
+    files it names)."""
+    check_target(bundle, out)
+    source = Path(bundle)
+    if out is None or Path(out).resolve() == source.resolve():
+        return source
+    config = read_config(source)
+    if config is None:
+        raise ValueError(f"bundle {source} is not a bundle (no {CONFIG})")
+    files = [entry["file"] for entry in (*config["models"].values(), config.get("initial"))
+             if entry and "file" in entry]
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (*files, CONFIG):
+        shutil.copyfile(source / name, target / name)
+    return target
+
+
+def record(bundle: str | Path, result: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Store a calibration in the bundle's config.json, or in a copy of the bundle at `out`
+    (`writable_bundle`); returns the bundle directory written."""
+    target = writable_bundle(bundle, out)
+    save_calibration(target, result)
+    return target
 
 
 def estimator(refiner: torch.nn.Module) -> Callable[..., torch.Tensor]:
@@ -89,12 +160,16 @@ def resolved(entry: list[dict[str, float]], levels: Sequence[int]) -> list[bool]
 @torch.no_grad()
 def calibrate(bundle: str | Path, data: str | Path, levels: Sequence[int] | None = None,
               free_steps: Sequence[int] = FREE_STEPS, samples: int = 32, seed: int = 0,
-              save: bool = True, quiet: bool = True) -> dict[str, Any]:
+              save: bool = True, out: str | Path | None = None,
+              quiet: bool = True) -> dict[str, Any]:
     """Calibrate the refiner heads of `bundle` on held-out frames of the solver store `data`
     (see the module docstring); `levels` default to those of LEVELS within the bundle's N; with
-    `save` the result goes into the bundle's config.json."""
+    `save` the result goes into the bundle's config.json, or into a copy of the bundle at `out`
+    (`record`; the embedded default bundle needs `out`)."""
     if samples < 1:
         raise ValueError(f"samples must be ≥ 1, got {samples}")
+    if save:
+        check_target(bundle, out)
     loaded = load_bundle(bundle)
     refiner, emulator = loaded.model("refiner"), loaded.model("emulator")
     n_max = loaded.schedule.num_levels
@@ -113,7 +188,8 @@ def calibrate(bundle: str | Path, data: str | Path, levels: Sequence[int] | None
         return schedule.q_sample(frame, torch.full((frame.shape[0],), k, dtype=torch.long), z)
 
     result: dict[str, Any] = {"levels": list(levels), "samples": samples, "seed": seed,
-                              "data": str(data), "held_out_trajectories": held_out}
+                              "data": data_origin(TrajectoryStore(data)),
+                              "held_out_trajectories": held_out}
     columns: dict[str, list[dict[str, float]]] = {name: [] for name in
                                                   ("x_given_clean_y", "y_given_clean_x", "both_x", "both_y")}
     for k in tqdm(levels, desc="calibrate: noised frames", disable=quiet):
@@ -143,7 +219,7 @@ def calibrate(bundle: str | Path, data: str | Path, levels: Sequence[int] | None
     result["resolved"] = ok
     result["resolves_low_levels"] = bool(checked) and all(ok[name][i] for name in ok for i in checked)
     if save:
-        save_calibration(bundle, result)
+        record(bundle, result, out)
     return result
 
 

@@ -151,16 +151,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     import sns_engine
-    from sns_engine import plots
+    from sns_engine import plots, walk_bias
     from sns_engine.calibration import table
 
     result = sns_engine.calibrate(args.bundle, args.data, samples=args.samples, seed=args.seed,
-                                  free_steps=tuple(args.free_steps), save=args.save, quiet=args.quiet)
+                                  free_steps=tuple(args.free_steps), save=args.save, out=args.out,
+                                  walk_bias=args.walk_bias, walk_bias_frames=args.walk_bias_frames,
+                                  quiet=args.quiet)
     print(table(result))
-    if args.output:
-        plots.calibration(result, Path(args.output))
+    if "walk_bias" in result:
+        print(walk_bias.table(result["walk_bias"]))
+    if args.output:  # the heads' figure, and the walk bias's beside it (NAME-walk-bias.png)
+        written = [plots.calibration(result, Path(args.output))]
+        if "walk_bias" in result:
+            png = Path(args.output)
+            written.append(walk_bias.plot(result["walk_bias"], png.with_name(f"{png.stem}-walk-bias.png")))
         if not args.quiet:
-            print("wrote", args.output)
+            print("wrote", ", ".join(str(p) for p in written))
+    if args.save and not args.quiet:
+        print("recorded in", Path(args.out or args.bundle) / "config.json")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -302,12 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print nothing")
 
     p = _command(sub, "calibrate", cmd_calibrate, "how well the refiner's level heads read known noise "
-                 "levels: a table, a PNG with -o, the numbers stored in the bundle's config.json")
+                 "levels and how biased its walks are: tables, PNGs with -o, the numbers stored in "
+                 "the bundle's config.json (or in a copy of the bundle with --out)")
     calibrate = sns_engine.calibrate
-    p.add_argument("bundle", help=param_help(calibrate)["bundle"])
+    p.add_argument("bundle", nargs="?", help=param_help(calibrate)["bundle"])
     p.add_argument("--data", required=True, help=param_help(calibrate)["data"])
-    p.add_argument("-o", "--output", help="PNG file for the calibration figure")
-    _options(p, calibrate, ("samples", "seed", "save", "quiet"), samples=positive, quiet=quiet)
+    p.add_argument("-o", "--output", help="PNG file for the calibration figure (the walk bias's: "
+                                          "NAME-walk-bias.png beside it)")
+    p.add_argument("--out", help=param_help(calibrate)["out"])
+    _options(p, calibrate, ("samples", "seed", "save", "walk_bias", "walk_bias_frames", "quiet"),
+             samples=positive, walk_bias_frames=positive, quiet=quiet)
     p.add_argument("--free-steps", type=_positive, nargs="+", default=[1, 10, 100, 1000],
                    help=param_help(calibrate)["free_steps"])
 

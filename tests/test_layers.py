@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sns_engine.models", "sns_engine.plots"),
     ("sns_engine.bundle",),
     ("sns_engine.engine", "sns_engine.train"),
-    ("sns_engine.api", "sns_engine.calibration", "sns_engine.generation"),
+    ("sns_engine.api", "sns_engine.calibration", "sns_engine.generation", "sns_engine.walk_bias"),
     ("sns_engine.study",),
     ("sns_engine.cli", "sns_engine"),
 )

@@ -176,9 +176,18 @@ def save_checkpoint(out: Path, trainer: Trainer, history: list[dict[str, Any]]) 
                              "history": history})
 
 
+Probe = Callable[[torch.nn.Module, CosineSchedule, torch.utils.data.Dataset, TrajectoryStore],
+                 dict[str, Any]]
+
+
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False,
-          overwrite: bool = False, quiet: bool = False, device: str | None = None) -> Path:
+          overwrite: bool = False, quiet: bool = False, device: str | None = None,
+          probe: Probe | None = None) -> Path:
     """Train `cfg.model` on the store `data` into the bundle directory `out`; returns `out`.
+
+    `probe(ema model, schedule, validation set, store)`, if given, runs at every validation (on
+    rank 0) and its numbers join that validation's record in the training history (the refiner's
+    walk bias, `sns_engine.walk_bias.training_probe`, is one).
 
     Several models go into one bundle (run once per kind). With `resume` a killed run continues
     from its last checkpoint; without it an already trained model is refused unless `overwrite`.
@@ -243,8 +252,14 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
 
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=quiet or rank > 0,
                desc=f"train {cfg.model}")
+    def validation(record: dict[str, Any]) -> dict[str, Any]:
+        record["val_loss"] = validate(trainer, run_loss, val_set)
+        if probe is not None and rank == 0:
+            record.update(probe(trainer.ema, schedule, val_set, store))
+        return record
+
     if trainer.step == 0:
-        history.append({"step": 0, "val_loss": validate(trainer, run_loss, val_set)})
+        history.append(validation({"step": 0}))
     model.train()
     while trainer.step < cfg.steps:
         loss, parts = run_loss(model, step_generator(cfg.seed, trainer.step), train_set)
@@ -262,8 +277,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         bar.set_postfix(loss=f"{loss.item():.4g}")
         last = trainer.step == cfg.steps
         if trainer.step % cfg.val_every == 0 or last:
-            history.append({"step": trainer.step, "train_loss": loss.item(), **parts,
-                            "val_loss": validate(trainer, run_loss, val_set)})
+            history.append(validation({"step": trainer.step, "train_loss": loss.item(), **parts}))
         if rank == 0 and (trainer.step % cfg.checkpoint_every == 0 or last):
             if initial is not None:  # the bundle appears with the first checkpoint, not before
                 save_initial(out, config, initial)
