@@ -265,6 +265,7 @@ def generate_data(system: str, out: str | Path, trajectories: int, snapshots: in
     for name, value in (("trajectories", trajectories), ("snapshots", snapshots), ("seed", seed),
                         ("trajectory_batch", trajectory_batch), ("time_chunk", time_chunk)):
         check_type(name, value, int)
+    config.check_seed("seed", seed)
     overrides = dict(overrides or {})
     config.check_types(type(get_system(system, preset).params), overrides)
     return generate(get_system(system, preset, **overrides), out, trajectories, snapshots, seed=seed,

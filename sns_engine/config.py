@@ -134,6 +134,19 @@ def check_types(cls: type, values: dict[str, Any]) -> None:
             check_type(name, value, hint)
 
 
+SEED_LIMIT = 2 ** 32  # a seed keys one uint32 word (ops.rng) and is shifted into 64-bit generator seeds
+
+
+def check_seed(name: str, value: Any) -> None:
+    """Raise ConfigError (ConfigTypeError for a non-int) unless `value` is an int in [0, 2**32):
+    every seed of the package (rollout noise, training draws, data trajectories) fits that."""
+    check_type(name, value, int)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
+    if value >= SEED_LIMIT:
+        raise ConfigError(f"{name} must be below 2**32 = {SEED_LIMIT}, got {value}")
+
+
 def check_device(device: Any) -> None:
     """Raise ConfigError unless `device` (a name, a torch.device or None = automatic) is the CPU or
     a CUDA device this machine has."""
@@ -221,6 +234,7 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive and finite, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -285,6 +299,7 @@ class RolloutConfig:
         for name, choices in (("long", LONG_FRAMES), ("walk", WALKS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        check_seed("seed", self.seed)
         if self.threshold_heads not in (None, *HEADS):
             raise ConfigError(f"threshold_heads must be one of {HEADS}, got {self.threshold_heads!r}")
         if not self.bound > 0:

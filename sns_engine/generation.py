@@ -7,6 +7,8 @@ data knows nothing of the solvers.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -62,10 +64,25 @@ def generate(system: System, out: str | Path, trajectories: int, snapshots: int,
     return store
 
 
+@contextmanager
+def _locating(system: System, first: int, where: str) -> Iterator[None]:
+    """A divergence in a block whose first trajectory is `first` names the store's trajectory,
+    `where` (which solver steps) it happened and, unless the solver did, the fix."""
+    try:
+        yield
+    except SolverDivergedError as err:
+        err.trajectory, err.where = first + err.trajectory, where
+        advice = getattr(system, "divergence_fix", None)  # a System's; duck-typed solvers may lack it
+        err.fix = err.fix or (advice() if advice else "lower dt or change the parameters")
+        raise
+
+
 def _run_blocks(system: System, store: TrajectoryStore, bar: tqdm) -> None:
     """Advance every unfinished block to the end, one time chunk (data, then state) at a time."""
     spec = store.spec
     seeds = store.root["seed"][:]
+    spinup = getattr(system.params, "spinup_steps", 0)
+    per = getattr(system.params, "steps_per_snapshot", 1)
     for block in range(spec.blocks):
         members = spec.block_members(block)
         done = store.progress(block)
@@ -73,16 +90,18 @@ def _run_blocks(system: System, store: TrajectoryStore, bar: tqdm) -> None:
         if done == spec.snapshots:
             continue
         if done < 0:
-            state = system.initial_states([int(s) for s in seeds[members.start:members.stop]])
+            with _locating(system, members.start, f" in its spin-up (solver steps 1 to {spinup})"):
+                state = system.initial_states([int(s) for s in seeds[members.start:members.stop]])
             done = 0
             store.save_state(block, done, system.state_to_arrays(state))
         else:
             state = system.state_from_arrays(store.load_state(block))
         while done < spec.snapshots:
             count = min(spec.time_chunk, spec.snapshots - done)
-            state, snaps = system.advance(state, count)
-            check_finite(spec.system, snaps, "lower dt or change the parameters",
-                         first=members.start)
+            with _locating(system, members.start, f" between solver steps {spinup + done * per + 1} "
+                                                  f"and {spinup + (done + count) * per}"):
+                state, snaps = system.advance(state, count)
+                check_finite(spec.system, snaps, "")
             store.write(block, done, snaps)
             done += count
             store.save_state(block, done, system.state_to_arrays(state))

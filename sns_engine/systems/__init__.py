@@ -80,7 +80,17 @@ def units(system: str, channel_names: Sequence[str]) -> Units:
 
 
 class SolverDivergedError(ValueError):
-    """A solver state became NaN/Inf."""
+    """A solver state became NaN/Inf: the `system`, the `trajectory` (its index in the batch, or
+    in the store once `generation` knows the block), `where` (which solver steps, once known) and
+    the `fix` (what to change). Its args are its fields, so it pickles across worker processes."""
+
+    def __init__(self, system: str, trajectory: int, fix: str, where: str = ""):
+        super().__init__(system, trajectory, fix, where)
+        self.system, self.trajectory, self.fix, self.where = system, trajectory, fix, where
+
+    def __str__(self) -> str:
+        sep = " " if self.fix.startswith("with ") else "; "  # System.divergence_fix: "with dt=..."
+        return f"{self.system}: trajectory {self.trajectory} diverged (NaN/Inf){self.where}{sep}{self.fix}"
 
 
 def require_positive(what: str, value: Any, allow_zero: bool = False) -> None:
@@ -91,7 +101,13 @@ def require_positive(what: str, value: Any, allow_zero: bool = False) -> None:
 
 
 def check_sizes(params: Any, positive: Sequence[str], non_negative: Sequence[str] = ()) -> None:
-    """Raise ValueError naming the first field of `params` that is not > 0 (or ≥ 0)."""
+    """Raise ValueError naming the first numeric field of `params` that is not finite (NaN, ±inf),
+    then the first of `positive` (`non_negative`) that is not > 0 (≥ 0)."""
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not np.isfinite(value):
+            raise ValueError(f"{type(params).__name__}.{field.name} must be finite, got {value!r}; "
+                             "pass a finite value")
     for names, allow_zero in ((positive, False), (non_negative, True)):
         for name in names:
             require_positive(f"{type(params).__name__}.{name}", getattr(params, name), allow_zero)
@@ -114,8 +130,7 @@ def check_finite(system: str, snapshots: np.ndarray, fix: str, first: int = 0) -
     `first` is the batch index of `snapshots[0]`."""
     bad = ~np.isfinite(snapshots.reshape(snapshots.shape[0], -1)).all(axis=1)
     if bad.any():
-        raise SolverDivergedError(f"{system}: trajectory {first + int(np.argmax(bad))} diverged "
-                                  f"(NaN/Inf); {fix}")
+        raise SolverDivergedError(system, first + int(np.argmax(bad)), fix)
 
 
 def check_state_arrays(system: str, arrays: dict[str, np.ndarray],
@@ -140,6 +155,9 @@ class System(abc.ABC):
     channel_names: ClassVar[tuple[str, ...]]
     presets: ClassVar[dict[str, Any]]  # preset name → frozen parameter dataclass
     execution_fields: ClassVar[tuple[str, ...]] = ()  # parameters that cannot change results
+    # parameters that choose what is recorded (spin-up length, sampling), not the dynamics
+    recording_fields: ClassVar[tuple[str, ...]] = ("spinup_steps", "steps_per_snapshot")
+    stability_hint: ClassVar[str] = ""  # a further way to stabilise the solver, after "lower dt"
 
     def __init__(self, preset: str, params: Any):
         self.preset = preset
@@ -170,6 +188,30 @@ class System(abc.ABC):
         params = {k: v for k, v in dataclasses.asdict(self.params).items()
                   if k not in self.execution_fields}
         return {"system": self.name, "preset": self.preset, **params}
+
+    def changed_parameters(self) -> dict[str, tuple[Any, Any]]:
+        """name → (value, the preset's value) of each dynamical parameter that differs from the
+        preset (execution and recording fields aside)."""
+        preset = self.presets.get(self.preset)
+        if preset is None:
+            return {}
+        skip = {*self.execution_fields, *self.recording_fields}
+        return {f.name: (getattr(self.params, f.name), getattr(preset, f.name, None))
+                for f in dataclasses.fields(self.params)
+                if f.name not in skip and getattr(self.params, f.name) != getattr(preset, f.name, None)}
+
+    def divergence_fix(self) -> str:
+        """What a divergence ran with and what to change: dt and every parameter changed from the
+        preset; "lower dt", and "revert the changed parameters" when a physical one was changed."""
+        changed = self.changed_parameters()
+        names = list(dict.fromkeys(["dt", *changed]))  # dt first
+        text = "with " + ", ".join(f"{k}={getattr(self.params, k)!r}" for k in names)
+        if changed:
+            text += (f" (changed from the {self.preset} preset: "
+                     + ", ".join(f"{k} was {changed[k][1]!r}" for k in names if k in changed) + ")")
+        if set(changed) - {"dt"}:
+            return f"{text}; lower dt or revert the changed parameters"
+        return f"{text}; lower dt{self.stability_hint}"
 
     @abc.abstractmethod
     def initial_states(self, seeds: Sequence[int]) -> Any:

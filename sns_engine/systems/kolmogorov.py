@@ -132,6 +132,11 @@ class KolmogorovFlow(System):
     name = "kolmogorov"
     channel_names = ("vorticity",)
     presets = PRESETS
+    recording_fields = ("spinup_steps", "steps_per_snapshot", "output_grid")
+
+    @property
+    def stability_hint(self) -> str:  # type: ignore[override]
+        return f" or raise solver_grid (now {self.params.solver_grid})"
 
     def __init__(self, preset: str, params: KolmogorovParams):
         super().__init__(preset, params)
@@ -159,13 +164,9 @@ class KolmogorovFlow(System):
     def domain_length(self) -> float:
         return DOMAIN_LENGTH
 
-    def _fix(self) -> str:
-        return (f"lower dt (now {self.params.dt}) or raise solver_grid "
-                f"(now {self.params.solver_grid})")
-
     def initial_states(self, seeds: Sequence[int]) -> jax.Array:
         state = self._start(jnp.asarray(check_seeds(seeds)))
-        check_finite(self.name, np.asarray(state), self._fix())
+        check_finite(self.name, np.asarray(state), self.divergence_fix())
         return state
 
     def advance(self, state: jax.Array, n_snapshots: int) -> tuple[jax.Array, np.ndarray]:
@@ -175,7 +176,7 @@ class KolmogorovFlow(System):
             state, frame = self._snapshot(state)
             frames.append(frame)
         snaps = np.asarray(jnp.stack(frames, axis=1)[:, :, None], dtype=np.float32)
-        check_finite(self.name, snaps, self._fix())
+        check_finite(self.name, snaps, self.divergence_fix())
         return state, snaps
 
     def state_to_arrays(self, state: jax.Array) -> dict[str, np.ndarray]:

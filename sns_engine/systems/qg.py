@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from sns_engine.systems import (
+    SolverDivergedError,
     System,
     check_finite,
     check_seeds,
@@ -139,10 +140,6 @@ def _restore(params: QGParams, state: dict[str, np.ndarray]) -> pyqg.QGModel:
     return model
 
 
-def _fix(params: QGParams) -> str:
-    return f"lower dt (now {params.dt} s) or check the physical parameters"
-
-
 def _run(params: QGParams, state: dict[str, np.ndarray], n_snapshots: int, index: int,
          ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Advance one trajectory (number `index` of its batch): its new state and (T, 2, ny, nx)."""
@@ -152,7 +149,7 @@ def _run(params: QGParams, state: dict[str, np.ndarray], n_snapshots: int, index
         for _ in range(params.steps_per_snapshot):
             model._step_forward()  # pyqg's own run loop calls this; there is no public step
         snaps[t] = model.q
-        check_finite(QGJet.name, snaps[None, t], _fix(params), first=index)
+        check_finite(QGJet.name, snaps[None, t], "", first=index)  # QGJet adds the fix
     return _model_state(model, int(state["steps"]) + n_snapshots * params.steps_per_snapshot), snaps
 
 
@@ -161,7 +158,7 @@ def _start(params: QGParams, seed: int, index: int) -> dict[str, np.ndarray]:
     model = _model(params, seed)
     for _ in range(params.spinup_steps):
         model._step_forward()
-    check_finite(QGJet.name, np.asarray(model.q)[None], _fix(params), first=index)
+    check_finite(QGJet.name, np.asarray(model.q)[None], "", first=index)  # QGJet adds the fix
     return _model_state(model, params.spinup_steps)
 
 
@@ -210,14 +207,25 @@ class QGJet(System):
         return {**super().metadata(), "inversion": qg_layer_parameters(self.params)}
 
     def initial_states(self, seeds: Sequence[int]) -> dict[str, np.ndarray]:
-        return _stack(self._map(_start, [int(s) for s in check_seeds(seeds)]))
+        with self._fixing():
+            return _stack(self._map(_start, [int(s) for s in check_seeds(seeds)]))
 
     def advance(self, state: dict[str, np.ndarray], n_snapshots: int,
                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         require_positive("n_snapshots", n_snapshots)
         trajectories = _unstack(state)
-        results = self._map(_run, trajectories, [n_snapshots] * len(trajectories))
+        with self._fixing():
+            results = self._map(_run, trajectories, [n_snapshots] * len(trajectories))
         return _stack([r[0] for r in results]), np.stack([r[1] for r in results])
+
+    @contextlib.contextmanager
+    def _fixing(self) -> Iterator[None]:
+        """A divergence in a worker (which knows no preset) gets this system's `divergence_fix`."""
+        try:
+            yield
+        except SolverDivergedError as err:
+            err.fix = self.divergence_fix()
+            raise
 
     def state_to_arrays(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {key: value.copy() for key, value in state.items()}

@@ -148,6 +148,16 @@ CASES = [
     ("--set unknown key", "data kolmogorov --set foo=1 --out {new}", "unknown kolmogorov parameter 'foo'"),
     ("--set without =", "data kolmogorov --set dt --out {new}", "--set expects KEY=VALUE, got 'dt'"),
     ("--set negative dt", "data kolmogorov --set dt=-1 --out {new}", "dt must be positive, got -1.0"),
+    ("--set dt=inf", "data qg --set dt=inf --out {new}", "QGParams.dt must be finite, got inf; pass a "
+     "finite value"),
+    ("--set nan", "data kolmogorov --set reynolds=nan --out {new}",
+     "KolmogorovParams.reynolds must be finite, got nan"),
+    ("data: seed -5", "data kolmogorov --seed -5 --out {new}", "error: --seed must be 0 or more, got -5"),
+    ("rollout: seed -5", "rollout --out {new} --seed -5", "error: --seed must be 0 or more, got -5"),
+    ("rollout: seed 2**32", "rollout --out {new} --seed 4294967296",
+     "error: --seed must be below 2**32 = 4294967296, got 4294967296"),
+    ("train: seed -5", "train emulator --data {ens} --out {new} --seed -5",
+     "error: --seed must be 0 or more, got -5"),
     ("data into a rollout store", "data kolmogorov --trajectories 1 --snapshots 2 --out {ens}",
      "was made with"),
     # train
@@ -189,6 +199,40 @@ def test_bad_input_is_one_line(ws, argv, phrase):
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err and "error: " in err
     assert phrase in err
+
+
+@pytest.mark.parametrize("argv", [
+    "data kolmogorov --seed -5 --trajectories 1 --snapshots 2 --out {out}",
+    "data qg --set dt=inf --trajectories 1 --snapshots 2 --out {out}",
+    "rollout --seed -5 --batch 1 --steps 1 --path emulator --out {out}",
+    "train emulator --data {ens} --out {out} --seed -5 --steps 1"])
+def test_refused_before_any_work_leaves_nothing(ws, tmp_path, argv):
+    status, err = run(argv.split(), out=str(tmp_path / "out.zarr"), ens=str(ws["ens"]))
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no *.zarr.creating
+
+
+def test_divergence_says_what_ran_and_what_was_changed(tmp_path):
+    from sns_engine.systems import get_system
+
+    assert get_system("kolmogorov", "cpu").divergence_fix() == (
+        "with dt=0.001; lower dt or raise solver_grid (now 128)")
+    assert get_system("kolmogorov", "cpu", dt=0.01, spinup_steps=5).divergence_fix() == (
+        "with dt=0.01 (changed from the cpu preset: dt was 0.001); lower dt or raise solver_grid "
+        "(now 128)")
+    assert get_system("qg", "cpu", rek=1e-3, workers=2).divergence_fix() == (
+        "with dt=3600.0, rek=0.001 (changed from the cpu preset: rek was 7e-08); lower dt or revert "
+        "the changed parameters")
+    bad = tmp_path / "bad.zarr"
+    status, err = run(["data", "kolmogorov", "--trajectories", "2", "--snapshots", "3", "--out", str(bad),
+                       "--set", "solver_grid=16", "--set", "output_grid=16", "--set", "spinup_steps=10",
+                       "--set", "reynolds=1e9", "--set", "drag=0", "--set", "dt=2.0", "--quiet"])
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("sns-engine data: error: kolmogorov: trajectory 0 diverged (NaN/Inf) in its "
+                          "spin-up (solver steps 1 to 10) with dt=2.0, reynolds=1000000000.0, "
+                          "solver_grid=16, drag=0.0 (changed from the cpu preset: dt was 0.001, "
+                          "reynolds was 1000.0, solver_grid was 128, drag was 0.1); lower dt or revert "
+                          "the changed parameters; ")
 
 
 @pytest.mark.parametrize("name", ["no_std", "bad_heads", "wrong_grid", "bad_initial"])
