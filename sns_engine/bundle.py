@@ -279,13 +279,9 @@ def check_config(path: Path, config: dict[str, Any]) -> None:
         except (ConfigError, TypeError) as err:
             raise bad(f"{where}unet", f"is not a valid U-Net config ({err})") from err
         ins, outs, heads = _NETWORK[kind]
-        # label_offset 1: heads without a clean class, N classes (the authors', models.labels)
-        offset = entry.get("label_offset", 0)
-        if offset not in ((0, 1) if heads else (0,)) or isinstance(offset, bool):
-            raise bad(f"{where}label_offset", f"is {offset!r}, not {'0 or 1' if heads else '0'}")
         want = {"in_channels": ins * channels, "out_channels": outs * channels, "grid": grid,
-                "heads": heads,
-                **({"head_classes": sched["num_levels"] + 1 - offset} if heads else {})}
+                "heads": heads,   # heads without a clean class have N (label_offset 1, models.labels)
+                **({"head_classes": sched["num_levels"] + 1 - unet.label_offset} if heads else {})}
         for key, value in want.items():
             if getattr(unet, key) != value:
                 raise bad(f"{where}unet.{key}", f"is {getattr(unet, key)}, but the system and "

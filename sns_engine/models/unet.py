@@ -55,10 +55,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sns_engine.config import UNET_PRESETS, ConfigError
+from sns_engine.models.labels import LABEL_OFFSETS
 from sns_engine.ops.conv_block import block_backend, residual_block
 from sns_engine.ops.level_argmax import level_argmax
 
 GELU_GAIN = math.sqrt(2.0)   # He gain: keeps the second moment through a (near-)rectifier
+# "standard": softmax over the keys; "authors": their Attention_block (CT/Models/Unet.py), one
+# head, softmax over the *query* index (docs/method.md §Where we differ, 8)
+ATTENTION_KINDS = ("standard", "authors")
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,12 @@ class UNetConfig:
     attention_levels: tuple[int, ...] = ()      # level indices (0 = full resolution)
     mid_attention: bool = False
     attention_heads: int = 1
+    attention: str = "standard"                 # "standard" or "authors" (ATTENTION_KINDS)
     heads: int = 0                              # number of level heads on the bottleneck
     head_classes: int = 1001                    # N + 1 levels
     head_channels: int = 16
     head_hidden: int | None = None              # None: head_classes (the reference)
+    label_offset: int = 0                       # level of head class 0 (1: no clean class, labels)
     condition_decoder: bool = False             # decoder blocks read the heads' softmax
     level_embedding: int | None = None          # its width; None: head_classes (the reference)
 
@@ -105,12 +111,21 @@ class UNetConfig:
         if any(c % self.attention_heads for c in attended):
             raise ConfigError(f"attention_heads {self.attention_heads} does not divide the "
                               f"attended channel counts {attended}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"UNetConfig.attention must be one of {ATTENTION_KINDS}, got "
+                              f"{self.attention!r}")
+        if self.attention == "authors" and self.attention_heads != 1:
+            raise ConfigError("UNetConfig.attention='authors' has one head (their Attention_block); "
+                              f"got attention_heads={self.attention_heads}")
         if self.heads < 0 or self.head_classes < 2:
             raise ConfigError(f"need heads ≥ 0 and head_classes ≥ 2, got {self.heads} and "
                               f"{self.head_classes}")
         for name in ("head_hidden", "level_embedding"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"UNetConfig.{name} must be ≥ 1 or None, got {getattr(self, name)}")
+        if self.label_offset not in LABEL_OFFSETS or (self.label_offset and not self.heads):
+            raise ConfigError(f"UNetConfig.label_offset must be one of {LABEL_OFFSETS} (nonzero only "
+                              f"with level heads), got {self.label_offset!r}")
         if self.condition_decoder and not self.heads:
             raise ConfigError("UNetConfig.condition_decoder needs level heads (heads ≥ 1)")
 
@@ -196,11 +211,13 @@ class ResidualBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Residual multi-head self-attention over the H·W positions of a feature map."""
+    """Residual multi-head self-attention over the H·W positions of a feature map; `kind`
+    "authors" normalises the softmax over the query index instead of the keys, as their
+    `Attention_block` (one head, scale 1/√C; its GroupNorm is never applied, so there is none)."""
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int, kind: str = "standard"):
         super().__init__()
-        self.heads = heads
+        self.heads, self.kind = heads, kind
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         init_layer(self.qkv, 1.0)
@@ -210,7 +227,10 @@ class SelfAttention(nn.Module):
         b, c, h, w = x.shape
         qkv = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
         q, k, v = qkv.unbind(1)                                 # (B, heads, H·W, c/heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.kind == "authors":   # weights (B, heads, i, j) normalised over the queries i
+            out = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(dim=-2) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -218,10 +238,10 @@ class Unit(nn.Module):
     """A residual block, followed by self-attention at the attended levels."""
 
     def __init__(self, c_in: int, c_out: int, attention: bool, heads: int, embeddings: int = 0,
-                 width: int = 0):
+                 width: int = 0, kind: str = "standard"):
         super().__init__()
         self.block = ResidualBlock(c_in, c_out, embeddings, width)
-        self.attention = SelfAttention(c_out, heads) if attention else None
+        self.attention = SelfAttention(c_out, heads, kind) if attention else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
                 embeddings: tuple[torch.Tensor, ...] = (), backend: str | None = "torch"
@@ -359,14 +379,14 @@ class UNet(nn.Module):
         for i, ci in enumerate(chans):
             level = nn.ModuleList()
             for _ in range(cfg.blocks_per_level):
-                level.append(Unit(c, ci, i in cfg.attention_levels, heads))
+                level.append(Unit(c, ci, i in cfg.attention_levels, heads, kind=cfg.attention))
                 c = ci
                 skips.append(c)
             self.encoder.append(level)
             if i < len(chans) - 1:
                 self.down.append(circular_conv(c, c, stride=2))
                 skips.append(c)
-        self.middle = nn.ModuleList([Unit(c, c, cfg.mid_attention, heads),
+        self.middle = nn.ModuleList([Unit(c, c, cfg.mid_attention, heads, kind=cfg.attention),
                                      Unit(c, c, False, heads)])
         n_emb, width = (cfg.heads, cfg.embedding_width) if cfg.condition_decoder else (0, 0)
         self.decoder, self.up = nn.ModuleList(), nn.ModuleList()
@@ -374,7 +394,7 @@ class UNet(nn.Module):
             level = nn.ModuleList()
             for out in [chans[i]] * cfg.blocks_per_level + [chans[i - 1] if i else cfg.hidden]:
                 level.append(Unit(c + skips.pop(), out, i in cfg.attention_levels, heads,
-                                  n_emb, width))
+                                  n_emb, width, cfg.attention))
                 c = out
             self.decoder.append(level)
             if i > 0:
