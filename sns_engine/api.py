@@ -85,6 +85,8 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     Rollout settings:
     """
     check_type("batch", batch, int)
+    for name, value in (("bundle", bundle), ("out", out), ("initial", initial)):
+        config.check_path(name, value)
     check_type("member_offset", member_offset, int)
     if batch <= 0:
         raise ConfigError(f"batch must be positive, got {batch}")
@@ -234,6 +236,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """
     from sns_engine.bundle import load_bundle as _load
 
+    config.check_path("path", path)
     check_device(device)
     return _load(path, device)
 
@@ -266,6 +269,7 @@ def generate_data(system: str, out: str | Path, trajectories: int, snapshots: in
                         ("trajectory_batch", trajectory_batch), ("time_chunk", time_chunk)):
         check_type(name, value, int)
     config.check_seed("seed", seed)
+    config.check_path("out", out)
     overrides = dict(overrides or {})
     config.check_types(type(get_system(system, preset).params), overrides)
     return generate(get_system(system, preset, **overrides), out, trajectories, snapshots, seed=seed,
@@ -308,6 +312,8 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
 
     cfg = TrainConfig(**{k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__})
     check_device(device)
+    for name, value in (("data", data), ("out", out)):
+        config.check_path(name, value)
     check_type("walk_probe", walk_probe, bool)
     probe = training_probe() if walk_probe and model == "refiner" else None
     return _train(cfg, data, out, resume=resume, overwrite=overwrite, quiet=quiet, device=device,
@@ -382,5 +388,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, *, windows: int = 4, t
     from sns_engine.diagnostics.evaluate import evaluate as _evaluate
 
     check_type("partial", partial, bool)
+    for name, value in (("ensemble", ensemble), ("reference", reference)):
+        config.check_path(name, value)
     return _evaluate(ensemble, reference, windows=windows, threshold=threshold, max_lag=max_lag,
                      sample=sample, partial=partial)

@@ -95,8 +95,11 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from sns_engine import plots
+    from sns_engine.config import check_path
     from sns_engine.data.store import StoreError, TrajectoryStore
 
+    for name in ("store", "output", "reference"):
+        check_path(name, getattr(args, name))
     store = TrajectoryStore(args.store)  # an unfinished rollout's store, before any figure is made
     missing = store.incomplete() if store.is_ensemble else None
     if missing and not args.partial:
@@ -134,7 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
     import sns_engine
+    from sns_engine.config import check_path
 
+    check_path("output", args.output)
     report = sns_engine.evaluate(args.ensemble, args.reference, windows=args.windows,
                                  threshold=args.threshold, partial=args.partial)
     text = json.dumps(report, indent=1)
@@ -258,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sns_engine.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     positive = {"type": _positive}
     quiet = {"help": "no progress bar and no summary line"}
@@ -381,10 +387,11 @@ def _out_of_memory(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and ("DefaultCPUAllocator" in text or "out of memory" in text))
 
 
-def describe(err: BaseException, smaller: str | None = None) -> str:
+def describe(err: BaseException, smaller: str | None = None, target: str | None = None) -> str:
     """One line saying what `err` means: its own message for the API's errors (ValueError), a
     plain statement for the machine's (file system, memory), the type as well for anything else.
-    `smaller` says what to make smaller when memory ran out."""
+    `smaller` says what to make smaller when memory ran out; `target` is the path the command
+    writes, named when a full disk's error does not say which file it was writing."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     if _out_of_memory(err):
         size = re.search(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGTP]i?B)", text, re.IGNORECASE)
@@ -399,7 +406,7 @@ def describe(err: BaseException, smaller: str | None = None) -> str:
     if isinstance(cause, OSError):
         where = cause.filename
         if cause.errno == errno.ENOSPC:
-            return f"no space left on device writing {where or 'the output'}"
+            return f"no space left on device writing {where or target or 'the output'}"
         reason = (cause.strerror or str(cause)).lower()
         return f"{reason}: {where}" if where is not None else reason
     if isinstance(err, OSError):
@@ -447,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:
         if debug:
             raise
-        _fail(args, cli_message(describe(err, args.on_memory), args.parser), 2)
+        target = getattr(args, "out", None) or getattr(args, "output", None)
+        _fail(args, cli_message(describe(err, args.on_memory, target), args.parser), 2)
 
 
 def _fail(args: argparse.Namespace, message: str, status: int) -> NoReturn:

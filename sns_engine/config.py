@@ -105,7 +105,8 @@ def param_help(fn: Callable[..., Any]) -> dict[str, str]:
             docs[name] += " " + line.strip()
         else:
             name = None
-    return {name: re.sub(r" \(default [^()]*\)$", "", text) for name, text in docs.items()}
+    ending = r" \(default (?:[^()]|\([^()]*\))*\)$"  # e.g. "(default 4)", "(default (1, 10))"
+    return {name: re.sub(ending, "", text) for name, text in docs.items()}
 
 
 _KINDS = {bool: "a bool (True or False)", int: "an int", float: "a number", str: "a string"}
@@ -145,6 +146,13 @@ def check_seed(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be 0 or more, got {value}")
     if value >= SEED_LIMIT:
         raise ConfigError(f"{name} must be below 2**32 = {SEED_LIMIT}, got {value}")
+
+
+def check_path(name: str, value: Any) -> None:
+    """Raise ConfigError if the path argument `value` is an empty string (as a Path it would be
+    the working directory, '.')."""
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{name} must not be an empty path, got {value!r}; name a file or folder")
 
 
 def check_device(device: Any) -> None:
@@ -217,7 +225,8 @@ class TrainConfig:
     val_every: int = _field(200, "optimizer steps between validations")
     checkpoint_every: int = _field(200, "optimizer steps between checkpoints (resume points)")
     seed: int = _field(0, "seed of the initial weights and of the batch draws")
-    bf16: bool = _field(True, "bfloat16 autocast (on CUDA only)")
+    bf16: bool = _field(True, "bfloat16 autocast on CUDA (the bundle records false where it cannot "
+                              "run, e.g. on the CPU)")
 
     def __post_init__(self) -> None:
         check_types(type(self), vars(self))

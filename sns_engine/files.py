@@ -12,6 +12,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def umask() -> int:
+    """This process's umask, read without changing it where Linux tells it (/proc), else by
+    setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; once the block has written it and returns, rename it
@@ -19,8 +33,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
     The temporary name is hidden and unique to this process and call (process id + random
     token), so concurrent writers of one target, or two runs sharing a folder, never collide;
-    the last rename wins. The block creates the file itself (any writer that takes a path), so
-    it gets the usual permissions. Several files that must appear together: enter one
+    the last rename wins. The block creates the file itself (any writer that takes a path); it
+    then gets the permissions of a newly created file, 0666 less the umask (some writers, such as
+    safetensors', create 0600 files). Several files that must appear together: enter one
     `atomic_write` per file in a `contextlib.ExitStack`; nothing is renamed until every block
     has finished, and a failure removes every temporary file.
 
@@ -31,6 +46,8 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -35,3 +35,23 @@ def test_concurrent_writes_of_one_target_use_distinct_temporary_files(tmp_path):
         second.write_text("second")
     assert target.read_text() == "first"  # the last rename wins (the outer block ends last)
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_of_a_new_file(tmp_path, mask):
+    """safetensors creates its files 0600; an atomic write leaves 0666 less the umask, like a
+    file written plainly (a trained bundle is readable by the group and others under umask 022)."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(mask)
+    try:
+        with atomic_write(tmp_path / "w.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+        (tmp_path / "plain.txt").write_text("plain")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -191,6 +191,8 @@ class TrajectoryStore:
 
     def __init__(self, path: str | Path, mode: str = "r"):
         self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path} does not exist; check the path, or generate the store first")
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"{self.path} is not a sns_engine store (no zarr.json); "
                              "generate one first")

@@ -14,6 +14,7 @@ the batches the uninterrupted run would have.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -203,6 +204,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         local = int(os.environ.get("LOCAL_RANK", 0))
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if cfg.bf16 and device.type != "cuda":  # autocast runs on CUDA only: record what runs
+        cfg = dataclasses.replace(cfg, bf16=False)
     if cfg.batch_size % world:
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
 

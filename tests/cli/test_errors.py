@@ -161,7 +161,8 @@ CASES = [
     ("data into a rollout store", "data kolmogorov --trajectories 1 --snapshots 2 --out {ens}",
      "was made with"),
     # train
-    ("train: missing data", "train emulator --data {new}.zarr --out {new}", "is not a sns_engine store"),
+    ("train: missing data", "train emulator --data {new}.zarr --out {new}", "new.zarr does not exist; "
+     "check the path, or generate the store first"),
     ("train: data is a plain folder", "train emulator --data {plain} --out {new}",
      "is not a sns_engine store"),
     ("train: resume without a checkpoint", "train emulator --data {ens} --out {new} --resume",
@@ -175,7 +176,9 @@ CASES = [
      "invalid choice: 'huge'"),
     ("train: unknown model", "train diffusion --data {ens} --out {new}", "invalid choice: 'diffusion'"),
     # evaluate, plot
-    ("evaluate: missing store", "evaluate {new}.zarr --reference {ens}", "is not a sns_engine store"),
+    ("evaluate: missing store", "evaluate {new}.zarr --reference {ens}", "new.zarr does not exist"),
+    ("rollout: missing --initial", "rollout --out {new}.zarr --initial {new}/states.zarr",
+     "new/states.zarr does not exist; check the path, or generate the store first"),
     ("evaluate: windows 0", "evaluate {ens} --reference {ens} --windows 0", "must be a positive integer"),
     ("plot all without reference", "plot all {ens} -o {new}", "plot all needs --reference"),
     ("plot: not a store", "plot spectrum {plain} -o {new}.png", "is not a sns_engine store"),
@@ -308,7 +311,10 @@ def test_writer_failure_names_the_disk_error(ws, monkeypatch):
             raise RuntimeError("writing ens.zarr failed: [Errno 28] No space left on device") from err
 
     monkeypatch.setattr(cli, "cmd_rollout", full)
-    assert run(["rollout", "--out", "x"])[1].endswith("error: no space left on device writing the output\n")
+    assert run(["rollout", "--out", "x.zarr"])[1].endswith("error: no space left on device writing x.zarr\n")
+    monkeypatch.setattr(cli, "cmd_evaluate", full)
+    assert run(["evaluate", "e.zarr", "--reference", "r.zarr", "-o", "report.json"])[1].endswith(
+        "error: no space left on device writing report.json\n")
 
 
 def test_debug_shows_the_exception(ws, monkeypatch):
@@ -447,3 +453,32 @@ def test_api_words_become_options(message, expected):
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
     assert cli.cli_message(message, sub.choices["rollout"]) == expected
+
+
+@pytest.mark.parametrize("argv", [["rollout", "--out", ""], ["data", "kolmogorov", "--out", ""],
+                                  ["train", "emulator", "--data", "", "--out", "b"],
+                                  ["evaluate", "", "--reference", "r.zarr"],
+                                  ["plot", "spectrum", "s.zarr", "-o", ""]])
+def test_an_empty_path_is_named(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, err = run(argv)
+    assert status == 2 and "must not be an empty path, got ''; name a file or folder" in err
+    assert "--out must" in err or "--data must" in err or "ensemble must" in err or "--output must" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"sns-engine {sns_engine.__version__}\n"
+
+
+def test_help_shows_each_default_once():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    text = " ".join(sub.choices["calibrate"].format_help().split())
+    assert text.count("(default: [1, 10, 100, 1000])") == 1 and "(default (1, 10" not in text
+    from sns_engine.config import param_help
+
+    assert param_help(sns_engine.evaluate)["windows"] == "time windows the metrics are reported for"

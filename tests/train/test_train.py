@@ -214,3 +214,18 @@ def test_incomplete_data_is_refused_before_anything_is_written(tiny_kolmogorov, 
     with pytest.raises(StoreError, match=r"cut\.zarr is incomplete \(80 of 160 snapshots\); rerun the same"):
         train(TrainConfig(model="emulator", steps=2, batch_size=4), cut, tmp_path / "b", quiet=True)
     assert not (tmp_path / "b").exists()
+
+
+def test_bundle_records_what_ran_and_is_readable_like_a_new_file(tiny_kolmogorov, tmp_path):
+    """bf16 autocast (the default) runs on CUDA only: on the CPU the bundle records false; the
+    weights are 0666 less the umask (safetensors alone writes 0600)."""
+    import os
+
+    train(TrainConfig(model="emulator", steps=1, batch_size=2, unroll=1), tiny_kolmogorov,
+          tmp_path / "b", quiet=True, device="cpu")
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert TrainConfig().bf16 is True and config["models"]["emulator"]["train"]["bf16"] is False
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("emulator.safetensors", "initial.safetensors", "train/emulator.safetensors"):
+        assert (tmp_path / "b" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
