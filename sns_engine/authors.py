@@ -136,10 +136,11 @@ def import_authors(refiner: str | Path, *, system: str, out: str | Path,
     onto our network (docs/method.md §Checkpoints trained with the authors' code); a checkpoint
     with a tensor that maps nowhere, a module of ours it leaves without weights, or a shape that
     differs is refused (AuthorsCheckpointError, a ValueError naming them). Their heads have N
-    classes and no clean class (their class c = our level c + 1): the bundle records
-    "label_offset": 1 for the refiner and Thermalizer, which then return logits over our levels
-    0 … N with level 0 at −inf, so rollouts run exactly as in their code. The weights are stored
-    in float32; their EMA weights are the *_ema.p files their trainers write.
+    classes and no clean class (their class c = our level c + 1): the refiner's and Thermalizer's
+    U-Net configs in the bundle record "label_offset": 1, and these models then return logits over
+    our levels 0 … N with level 0 at −inf, so rollouts run exactly as in their code. The weights
+    are stored in float32; their EMA weights are the *_ema.p files their trainers write. Prints a
+    one-line summary on stderr unless `quiet`.
 
     refiner: their SNS checkpoint (ModernUnetDoubleRegressor_plus, inside SNS_NS / SNS_QG)
     system: "kolmogorov" or "qg" (the QG jet), the data they were trained on
@@ -162,6 +163,9 @@ def import_authors(refiner: str | Path, *, system: str, out: str | Path,
         raise ValueError(f"unknown system {system!r}; choose one of {', '.join(SYSTEMS)}")
     if system_params is not None and not isinstance(system_params, dict):
         raise TypeError(f"system_params must be a dict, got {type(system_params).__name__}")
+    if normalisation is not None and (isinstance(normalisation, (str, bytes))
+                                      or not isinstance(normalisation, Sequence)):
+        raise TypeError(f"normalisation must be a sequence of stds, got {normalisation!r}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"out={out} exists and is not an empty directory; choose a new one")
