@@ -6,6 +6,7 @@ module, and the Triton kernels import nothing of the package but themselves."""
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # bottom → top; a module belongs to the layer of its longest listed prefix
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("sns_engine._version", "sns_engine.files", "sns_engine.config", "sns_engine.diffusion",
-     "sns_engine.data", "sns_engine.kernels"),
+    ("sns_engine._version", "sns_engine.files", "sns_engine.config", "sns_engine.threads",
+     "sns_engine.diffusion", "sns_engine.data", "sns_engine.kernels"),
     ("sns_engine.ops", "sns_engine.diagnostics", "sns_engine.systems"),
     ("sns_engine.models", "sns_engine.plots"),
     ("sns_engine.bundle",),
     ("sns_engine.engine", "sns_engine.train"),
-    ("sns_engine.api", "sns_engine.calibration", "sns_engine.generation", "sns_engine.walk_bias"),
+    ("sns_engine.api", "sns_engine.authors", "sns_engine.calibration", "sns_engine.generation",
+     "sns_engine.walk_bias"),
     ("sns_engine.study",),
     ("sns_engine.cli", "sns_engine"),
 )
@@ -89,6 +91,16 @@ def test_private_names_stay_in_their_module(module):
                 if name is not None and name.startswith("_") and name != "__version__"
                 and target != module]
     assert not borrowed, f"{module} imports private names of other modules: {borrowed}"
+
+
+def test_no_modules_import_each_other():
+    """The import graph has no cycle, within a layer too (function-level imports included): a
+    name two modules both need lives in a module below both."""
+    graph = {m: {t for t, _, _ in imports(m) if t in MODULES and t != m} for m in MODULES}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as err:
+        raise AssertionError(f"modules import each other: {' → '.join(err.args[1])}") from None
 
 
 def test_kernels_import_only_themselves():

@@ -25,6 +25,7 @@ from sns_engine.config import RolloutConfig, TrainConfig, from_dict
 from sns_engine.diffusion.paths import get_path
 
 METHODS = ("emulator", "thermalizer", "left_down", "diagonal", "fix_short")
+SOLVER = "solver"  # the solver control ensemble's label in plans, reports, tables and figures
 MODELS = ("emulator", "refiner", "thermalizer")
 STUDY_SET = {"train": ("model", "steps"), "rollout": ("path", "steps", "seed", "save_every")}
 RECIPE_KEYS = ("system", "preset", "sizes", "overrides", "train", "rollout", "methods", "bundle",

@@ -14,9 +14,11 @@ error a perfect surrogate would show at this ensemble size. Layout of a study di
     data/reference.zarr          reference store (seed s + 1), stored every save_every model steps
     data/control.zarr            solver control (seed s + 2): the members' initial states and the floor
     bundle/                      emulator, refiner, thermalizer (only those the methods need)
+    bundle.sha256.json           SHA-256 of the bundle files the methods use (`checksums`)
     plan.json, plan.md           methods with every setting resolved and the pass/fail criteria,
                                  written before the first rollout and never rewritten after it
-    rollouts/<method>.zarr       ensemble store;  rollouts/<method>.json  measured cost
+    rollouts/<method>.zarr       ensemble store;  rollouts/<method>.json  measured cost (`costs`)
+    rollouts/<method>.invocations.json   wall and CPU seconds of every invocation that rolled it out
     reports/<method>.json        `diagnostics.evaluate.evaluate` report (reports/solver.json: floor)
     metrics.json, report.md, figures/*.png, figures/<method>/*.png
 
@@ -27,26 +29,23 @@ themselves), training continues from its last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from sns_engine.config import RolloutConfig, to_dict, write_json
-from sns_engine.study.config import Method, StudyConfig, StudyError, slug
+from sns_engine.config import to_dict, write_json
+from sns_engine.study import costs
+from sns_engine.study.checksums import check_bundle_files
+from sns_engine.study.config import SOLVER, Method, StudyConfig, StudyError, slug
 
-if TYPE_CHECKING:
-    from sns_engine.engine.rollout import EngineStats
-
-SOLVER = "solver"             # the control ensemble's label in reports and tables
-MATCH_TOLERANCE = 0.10        # a matched Thermalizer's cost is within ±10 % of its target's
-THERMALIZER_CANDIDATES = (1, 2, 3, 4, 5, 6, 8, 11, 15, 20, 30, 50)  # starts tried by match=
 DATA_ONLY = ("spinup_steps", "steps_per_snapshot")  # solver parameters that do not change the system
 
 
@@ -109,9 +108,10 @@ def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, qu
         for kind in cfg.models:
             _train_stage(cfg, kind, stores["train"], bundle, log, quiet, device)
     missing = _check_bundle(cfg, bundle, stores["control"])
+    check_bundle_files(bundle, out, [m for m in cfg.models if m not in missing])
     plan = _plan_stage(cfg, out, bundle, stores, missing, log, device)
-    costs = _rollout_stage(cfg, plan, out, bundle, stores["control"], log, quiet, device, only)
-    reports = _evaluate_stage(cfg, costs, out, stores, log)
+    spent = _rollout_stage(cfg, plan, out, bundle, stores["control"], log, quiet, device, only)
+    reports = _evaluate_stage(cfg, spent, out, stores, log)
     report = out / "report.md"
     run = not report.exists() or log.ran("data", "train", "plan", "rollout", "evaluate")
     if plan["pending"] and not quiet:
@@ -119,7 +119,7 @@ def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, qu
               "rerun the same command once the bundle holds them")
     with log.stage("report", run):
         if run:
-            write_report(cfg, out, plan, reports, costs, json.loads(log.path.read_text()))
+            write_report(cfg, out, plan, reports, spent, json.loads(log.path.read_text()))
     return report
 
 
@@ -266,7 +266,7 @@ def _plan_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, stores: dict[str,
                 target = plan["methods"].get(m.settings["match"])
                 if target is None:  # its target waits for a model too
                     continue
-                pilot = _match_thermalizer(cfg, bundle, initial, target, settings)
+                pilot = costs.match_thermalizer(cfg, bundle, initial, target, settings)
                 plan["pilots"][m.label] = {**pilot, "match": m.settings["match"]}
                 settings.update(pilot["chosen"])
             plan["methods"][m.label] = settings
@@ -276,7 +276,7 @@ def _plan_stage(cfg: StudyConfig, out: Path, bundle_dir: Path, stores: dict[str,
         write_json(file, plan)
         from sns_engine.study.report import plan_text
 
-        (out / "plan.md").write_text(plan_text(cfg, plan))
+        (out / "plan.md").write_text(plan_text(cfg, plan, out))
     return plan
 
 
@@ -289,48 +289,6 @@ def _resolved(cfg: StudyConfig, m: Method, calibration: dict[str, Any] | None) -
     return settings
 
 
-def _match_thermalizer(cfg: StudyConfig, bundle, initial: torch.Tensor, target: dict[str, Any],
-                       own: dict[str, Any]) -> dict[str, Any]:
-    """Pilot rollouts (`pilot_steps` steps, the study's members): the target's FLOPs per
-    member-step, then the Thermalizer's at each candidate start (stop below it); the chosen start
-    is the candidate whose cost is closest to the target's."""
-    goal = pilot_cost(cfg, bundle, initial, target)
-    stop = own.get("thermalizer_stop", RolloutConfig.thermalizer_stop)
-    trials = []
-    for start in THERMALIZER_CANDIDATES:
-        settings = {**own, "thermalizer_start": start, "thermalizer_stop": min(stop, start - 1)}
-        trials.append({"thermalizer_start": start, "thermalizer_stop": settings["thermalizer_stop"],
-                       **pilot_cost(cfg, bundle, initial, settings)})
-    best = min(trials, key=lambda t: (abs(t["flops_per_member_step"] / goal["flops_per_member_step"]
-                                          - 1), -t["thermalizer_start"]))
-    ratio = best["flops_per_member_step"] / goal["flops_per_member_step"]
-    return {"target_cost": goal, "trials": trials, "ratio": ratio,
-            "within_tolerance": abs(ratio - 1) <= MATCH_TOLERANCE,
-            "chosen": {k: best[k] for k in ("thermalizer_start", "thermalizer_stop")}}
-
-
-def pilot_cost(cfg: StudyConfig, bundle, initial: torch.Tensor,
-               settings: dict[str, Any]) -> dict[str, float]:
-    """Work per member-step of a `pilot_steps` in-memory rollout with `settings`."""
-    from sns_engine.api import rollout
-
-    steps = cfg.pilot_steps
-    options = {k: v for k, v in settings.items() if k != "path"}
-    result = rollout(bundle, batch=len(initial), steps=steps, path=settings["path"],
-                     initial=initial, seed=cfg.seed, quiet=True, device=str(initial.device),
-                     **options)
-    return work_per_member_step(result.stats, len(initial))
-
-
-def work_per_member_step(stats: EngineStats, members: int) -> dict[str, float]:
-    """Network work per member and physical step: member-forwards (full forwards incl. the
-    emulator's), levels-only passes, FLOPs (both)."""
-    member_steps = max(stats.physical_steps, 1) * members
-    return {"member_forwards_per_member_step": stats.useful_member_forwards / member_steps,
-            "level_passes_per_step": stats.level_passes / max(stats.physical_steps, 1),
-            "flops_per_member_step": stats.useful_flops / member_steps}
-
-
 # ------------------------------------------------------------------------------ rollouts
 def _device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -340,74 +298,86 @@ def _rollout_stage(cfg: StudyConfig, plan: dict[str, Any], out: Path, bundle_dir
                    control: Path, log: StageLog, quiet: bool, device: str | None,
                    only: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     """Roll out every resolved method (or those in `only`) from the control's initial states;
-    returns the cost of every method rolled out so far."""
+    returns the cost JSON of every method rolled out so far. A cost JSON written before the
+    networks' FLOPs per pass were recorded gets them, from a one-step pilot."""
     from sns_engine.bundle import load_bundle
 
     fresh = log.ran("data", "train") or (log.ran("plan") and not plan.get("resolved_later"))
-    costs: dict[str, dict[str, Any]] = {}
-    bundle = initial = None
+    spent: dict[str, dict[str, Any]] = {}
+
+    @functools.cache
+    def bundle_and_initial() -> tuple[Any, torch.Tensor]:  # loaded once, when first needed
+        return load_bundle(bundle_dir, _device(device)), initial_states(control, cfg.members)
+
+    def finished(label: str, cost_file: Path) -> dict[str, Any]:
+        cost = json.loads(cost_file.read_text())
+        if "pass_flops" not in cost:
+            cost["pass_flops"] = costs.pass_flops(cfg, *bundle_and_initial(), plan["methods"][label])
+            write_json(cost_file, cost)
+        return cost
+
     for label in (m for m in cfg.methods if m in plan["methods"]):
-        settings = plan["methods"][label]
         store, cost_file = (out / "rollouts" / f"{slug(label)}.zarr",
                             out / "rollouts" / f"{slug(label)}.json")
         run = not cost_file.exists() or fresh
         if only is not None and label not in only:
             if not run:
-                costs[label] = json.loads(cost_file.read_text())
+                spent[label] = finished(label, cost_file)
             continue
         with log.stage(f"rollout/{label}", run):
             if not run:
-                costs[label] = json.loads(cost_file.read_text())
+                spent[label] = finished(label, cost_file)
                 continue
-            if bundle is None:
-                bundle = load_bundle(bundle_dir, _device(device))
-                initial = initial_states(control, cfg.members)
-            costs[label] = roll_out(cfg, settings, bundle, initial, store,
+            spent[label] = roll_out(cfg, plan["methods"][label], *bundle_and_initial(), store,
                                     resume=store.exists() and not fresh, quiet=quiet, device=device)
             cost_file.parent.mkdir(parents=True, exist_ok=True)
-            write_json(cost_file, costs[label])
-    return costs
+            write_json(cost_file, spent[label])
+    return spent
 
 
 def roll_out(cfg: StudyConfig, settings: dict[str, Any], bundle, initial: torch.Tensor,
              store: Path, resume: bool, quiet: bool = True,
              device: str | None = None) -> dict[str, Any]:
     """Roll out the study's members from `initial` with the resolved `settings` into `store`
-    (continuing it with `resume`, replacing it otherwise); returns its cost (`rollout_cost`)."""
+    (continuing it with `resume`, replacing it otherwise), timing this invocation in the
+    rollout's ledger; returns its cost (`costs.rollout_cost`) with every invocation's times."""
     from sns_engine.api import rollout
 
     options = {k: v for k, v in settings.items() if k != "path"}
-    start = time.perf_counter()
-    result = rollout(bundle, batch=cfg.members, steps=cfg.horizon, path=settings["path"],
-                     initial=initial, out=store, device=device, seed=cfg.seed,
-                     save_every=cfg.save_every, resume=resume, overwrite=not resume, quiet=quiet,
-                     **options)
-    return rollout_cost(result.stats, time.perf_counter() - start, cfg.members)
+    ledger = store.with_suffix(".invocations.json")
+    with costs.invocation(ledger, _next_step(store) if resume else 0, fresh=not resume) as parts:
+        start = time.perf_counter()
+        result = rollout(bundle, batch=cfg.members, steps=cfg.horizon, path=settings["path"],
+                         initial=initial, out=store, device=device, seed=cfg.seed,
+                         save_every=cfg.save_every, resume=resume, overwrite=not resume,
+                         quiet=quiet, **options)
+        wall = time.perf_counter() - start
+    return {**costs.rollout_cost(result.stats, wall, cfg.members), "invocations": parts}
 
 
-def rollout_cost(stats: EngineStats, wall: float, members: int) -> dict[str, Any]:
-    """Cost per physical step of a rollout from its EngineStats and measured wall seconds
-    (engine start-up and store writes included). A run resumed after its last step measured
-    nothing: its costs are None."""
-    steps = stats.physical_steps
-    per_step = (lambda x: x / steps) if steps else (lambda x: None)
-    work = work_per_member_step(stats, members) if steps else {}
-    return {"physical_steps_measured": steps, "wall_seconds": wall,
-            "seconds_per_step": per_step(wall), "forwards_per_step": per_step(stats.forwards),
-            "member_forwards_per_member_step": work.get("member_forwards_per_member_step"),
-            "flops_per_member_step": work.get("flops_per_member_step"),
-            "useful_fraction": stats.useful_fraction if steps else None}
+def _next_step(store: Path) -> int | None:
+    """The physical step a resumed rollout in `store` continues from (its checkpoint's); None
+    where the store cannot tell (the rollout itself then says what is wrong)."""
+    from sns_engine.data import TrajectoryStore
+    from sns_engine.data.store import StoreError
+    from sns_engine.engine.writer import load_checkpoint
+
+    try:
+        saved = load_checkpoint(TrajectoryStore(store))
+    except (StoreError, OSError, ValueError):
+        return None
+    return 0 if saved is None else saved[1]
 
 
 # ------------------------------------------------------------------------------ evaluation
-def _evaluate_stage(cfg: StudyConfig, costs: dict[str, Any], out: Path, stores: dict[str, Path],
+def _evaluate_stage(cfg: StudyConfig, spent: dict[str, Any], out: Path, stores: dict[str, Path],
                     log: StageLog) -> dict[str, dict[str, Any]]:
     """Evaluate every method rolled out and the solver control (from its second snapshot,
     aligned with the methods' first saved state) against the reference."""
     from sns_engine.diagnostics.evaluate import evaluate
 
     reports = {}
-    for label in (SOLVER, *(m for m in cfg.methods if m in costs)):
+    for label in (SOLVER, *(m for m in cfg.methods if m in spent)):
         file = out / "reports" / f"{slug(label)}.json"
         source = f"data/{SOLVER}" if label == SOLVER else f"rollout/{label}"
         run = not file.exists() or log.ran("data/reference", "data/control", source)

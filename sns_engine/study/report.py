@@ -1,8 +1,10 @@
 """A study's plan (written before any rollout) and its report: every method against the solver
-floor, the pre-registered criteria and which held, the cost of each stage."""
+floor, the pre-registered criteria and which held, what became of the members, and what each
+rollout and stage cost."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,15 +13,16 @@ import numpy as np
 
 from sns_engine.config import to_dict, write_json
 from sns_engine.diffusion.paths import get_path
-from sns_engine.study.config import StudyConfig, slug, study_command
-from sns_engine.study.pipeline import MATCH_TOLERANCE, SOLVER, THERMALIZER_CANDIDATES
-
-BANDS = ("low", "mid", "high")
+from sns_engine.study import costs, outcomes
+from sns_engine.study.checksums import RECORD
+from sns_engine.study.config import SOLVER, StudyConfig, slug, study_command
+from sns_engine.study.criteria import BANDS, judge, ratio, sign_tests
 
 
 # ------------------------------------------------------------------------------ plan
-def plan_text(cfg: StudyConfig, plan: dict[str, Any]) -> str:
-    """plan.md: the resolved methods and the pass/fail criteria, fixed before the first rollout."""
+def plan_text(cfg: StudyConfig, plan: dict[str, Any], out: Path | None = None) -> str:
+    """plan.md: the resolved methods and the pass/fail criteria, fixed before the first rollout,
+    and the SHA-256 of every bundle file used (from `out`/bundle.sha256.json where present)."""
     c = plan["criteria"]
     refiners = [m for m, s in plan["methods"].items() if get_path(s["path"]).model == "refiner"]
     lines = [f"# Plan of the study (written {plan['written']}, before the first rollout)", "",
@@ -39,14 +42,14 @@ def plan_text(cfg: StudyConfig, plan: dict[str, Any]) -> str:
                   f"member-step of {pilot['match']} ({goal / 1e9:.3g} GFLOP): chosen "
                   f"{pilot['chosen']}, ratio {pilot['ratio']:.3f} "
                   f"({'within' if pilot['within_tolerance'] else 'NOT within'} "
-                  f"±{100 * MATCH_TOLERANCE:.0f} %). Trials: "
+                  f"±{100 * costs.MATCH_TOLERANCE:.0f} %). Trials: "
                   + "; ".join(f"start {t['thermalizer_start']}/stop {t['thermalizer_stop']}: "
                               f"{t['flops_per_member_step'] / 1e9:.3g} GFLOP"
                               for t in pilot["trials"]), ""]
     if plan["pending"]:
         lines += [f"Pending (their model is not trained yet): {', '.join(plan['pending'])}. Once it "
                   "is, each is resolved by its rule: its settings as written, `match=M` choosing "
-                  f"the Thermalizer start (of {', '.join(map(str, THERMALIZER_CANDIDATES))}; stop "
+                  f"the Thermalizer start (of {', '.join(map(str, costs.THERMALIZER_CANDIDATES))}; stop "
                   f"below it) whose FLOPs per member-step on {cfg.pilot_steps}-step pilots are "
                   "closest to M's.", ""]
     for label, when in plan.get("resolved_later", {}).items():
@@ -64,145 +67,54 @@ def plan_text(cfg: StudyConfig, plan: dict[str, Any]) -> str:
         f"{c['attractor_floor_factor']:g}× the solver floor's, and the kinetic energy is within "
         f"{100 * c['energy_tolerance']:.0f} % of the solver's.",
         "3. **SNS vs Thermalizer at matched forwards**: whichever has the decorrelation time closer "
-        "to the solver's is more temporally consistent (the paper's claim: SNS).",
+        "to the solver control's is more temporally consistent (the paper's claim: SNS). A time "
+        "beyond the lag window is a lower bound; the comparison is decided only where the bounds "
+        "decide it.",
         "", "A member is unstable from its first saved state whose symmetric spectrum error exceeds "
         f"{cfg.stability_threshold:g}, whose kinetic energy leaves [0.1, 10]× the reference's, or "
-        "at which it was flagged.", ""]
+        "at which it was flagged. A flagged (frozen) member is reported apart: its stability time "
+        "is censored at its flag, not counted as an instability.", ""]
+    record = out / RECORD if out is not None else None
+    if record is not None and record.exists():
+        files = json.loads(record.read_text())["files"]
+        lines += ["## Bundle files (SHA-256)", "",
+                  *_table(["file", "SHA-256"], [[f, f"`{h}`"] for f, h in sorted(files.items())]), ""]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ numbers
-def window_values(report: dict[str, Any], w: dict[str, Any]) -> dict[str, float]:
-    """The window metrics the criteria compare, flat: spectrum error per curve, band errors
-    per curve and band, W1 per channel, kinetic-energy ratio."""
-    values = {f"spectrum {c}": v for c, v in w["spectrum_error"].items()}
-    for curve, bands in w["band_error"].items():
-        values.update({f"{b} {curve}": bands[b] for b in BANDS})
-    values.update({f"W1 of channel {i}": v for i, v in enumerate(w["w1"])})
-    values.update({f"energy {c}": v for c, v in w["energy_ratio"].items()})
-    return values
-
-
-def summarize(report: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:
-    """The headline numbers of one method (or of the solver control, without a cost)."""
-    windows, stability = report["windows"], report["stability"]
-    horizon = report["snapshots"] * report["snapshot_dt"]
-    last = windows[-1]
+def summarize(report: dict[str, Any], cost: dict[str, Any] | None, steps: int, members: int,
+              last_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The headline numbers of one method (or of the solver control, without a cost): fates of
+    its members, survival with frozen members censored, last window, decorrelation time (a bound
+    where it lies beyond the lag window) and the whole rollout's cost."""
+    windows = report["windows"]
     errors = [v for w in windows for v in w["spectrum_error"].values()]
     acf = report.get("autocorrelation") or {}
+    tau = outcomes.decorrelation(report)
+    survival = outcomes.survival(report)
     return {
-        "horizon_time": horizon,
-        "median_stability_time": stability["median"],  # None: beyond the horizon
-        "survival_at_horizon": stability["survival_at_horizon"],
-        "flagged_at_horizon": last["flagged"],
+        "horizon_time": report["snapshots"] * report["snapshot_dt"],
+        "fates": survival["fates"],
+        "median_stability_time": survival["median"],  # frozen members censored; None: not reached
+        "survival": survival,
+        "survival_at_horizon": report["stability"]["survival_at_horizon"],
+        "flagged_at_horizon": windows[-1]["flagged"],
         "mean_spectrum_error": float(np.mean(errors)) if all(map(math.isfinite, errors)) else math.inf,
-        "last": last,
-        "decorrelation_time": (acf.get("decorrelation_time") or {}).get("ensemble"),
-        "solver_decorrelation_time": (acf.get("decorrelation_time") or {}).get("reference"),
+        "last": windows[-1],
+        "decorrelation_time": None if tau is None else [tau.low, tau.high],
+        "reference_decorrelation_time": (acf.get("decorrelation_time") or {}).get("reference"),
         "cost": cost or {},
+        "whole_cost": costs.whole_rollout(cost, report, steps, members, last_run) if cost else {},
     }
-
-
-def floor_ratios(report: dict[str, Any], floor: dict[str, Any]) -> list[dict[str, float]]:
-    """Per window: each metric divided by the solver floor's (energy: |E/E_solver − 1|, per
-    curve)."""
-    out = []
-    for w, f in zip(report["windows"], floor["windows"], strict=True):
-        mine, theirs = window_values(report, w), window_values(floor, f)
-        out.append({k: abs(v / theirs[k] - 1) if k.startswith("energy") else _ratio(v, theirs[k])
-                    for k, v in mine.items()})
-    return out
-
-
-def _ratio(a: float, b: float) -> float:
-    if not math.isfinite(a):
-        return math.inf
-    return a / b if b > 0 else math.inf
-
-
-def judge(cfg: StudyConfig, plan: dict[str, Any],
-          reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The pre-registered criteria against the reports: one entry per criterion and method."""
-    c, floor = plan["criteria"], reports[SOLVER]
-    verdicts = []
-    for m in (m for m in cfg.methods if m in reports):
-        path = plan["methods"][m]["path"]
-        r = reports[m]
-        if path == "emulator":
-            unstable = 1 - r["stability"]["survival_at_horizon"]
-            last = np.mean(list(r["windows"][-1]["spectrum_error"].values()))
-            base = np.mean(list(floor["windows"][-1]["spectrum_error"].values()))
-            factor = _ratio(last, base)
-            verdicts.append({
-                "criterion": "emulator drifts", "method": m,
-                "holds": bool(unstable >= c["drift_unstable_fraction"]
-                              and factor >= c["drift_floor_factor"]),
-                "numbers": f"{100 * unstable:.0f} % unstable (need ≥ "
-                           f"{100 * c['drift_unstable_fraction']:.0f} %); last-window spectrum "
-                           f"error {last:.3g} = {factor:.3g}× floor {base:.3g} (need ≥ "
-                           f"{c['drift_floor_factor']:g}×)"})
-        elif get_path(path).model == "refiner":
-            ratios = floor_ratios(r, floor)
-            worst_key, worst, worst_window = None, -1.0, 0
-            for i, window in enumerate(ratios):
-                for k, v in window.items():
-                    if not k.startswith("energy") and v > worst:
-                        worst_key, worst, worst_window = k, v, i
-            energy = max(v for w in ratios for k, v in w.items() if k.startswith("energy"))
-            survival = r["stability"]["survival_at_horizon"]
-            verdicts.append({
-                "criterion": "SNS stays on the attractor", "method": m,
-                "holds": bool(survival == 1 and worst <= c["attractor_floor_factor"]
-                              and energy <= c["energy_tolerance"]),
-                "numbers": f"survival {100 * survival:.0f} % (need 100 %); worst metric/floor "
-                           f"{worst:.3g} ({worst_key}, window {worst_window + 1}; need ≤ "
-                           f"{c['attractor_floor_factor']:g}); worst |E/E_solver − 1| "
-                           f"{energy:.3g} (need ≤ {c['energy_tolerance']:g})"})
-    for m, pilot in plan.get("pilots", {}).items():
-        target = pilot["match"]
-        if m not in reports or target not in reports:
-            continue
-        taus = {who: (reports[who].get("autocorrelation") or {}).get("decorrelation_time", {})
-                for who in (m, target)}
-        solver = taus[target].get("reference")
-        gaps = {who: abs(t["ensemble"] / solver - 1) if t.get("ensemble") and solver else None
-                for who, t in taus.items()}
-        known = {who: g for who, g in gaps.items() if g is not None}
-        closer = min(known, key=known.get) if len(known) == 2 else None
-        verdicts.append({
-            "criterion": "SNS vs Thermalizer at matched forwards", "method": f"{target} vs {m}",
-            "holds": closer == target if closer else None,
-            "numbers": f"decorrelation time: solver {_fmt(solver)}, {target} "
-                       f"{_fmt(taus[target].get('ensemble'))}, {m} {_fmt(taus[m].get('ensemble'))}"
-                       f" → closer to the solver: {closer or 'undecided (a time beyond the lags)'}"
-                       f"; cost ratio {pilot['ratio']:.2f}"})
-    return verdicts
-
-
-def sign_tests(plan: dict[str, Any], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each refining method against the best baseline (the non-SNS method with the lowest mean
-    per-member last-window spectrum error), paired by member: a two-sided sign test."""
-    from sns_engine.diagnostics.statistics import sign_test
-
-    def errors(label: str) -> list[float]:  # per member, averaged over the spectra
-        per_curve = reports[label]["per_member"]["last_window_spectrum_error"].values()
-        return np.mean(list(per_curve), axis=0).tolist()
-
-    done = {m: s for m, s in plan["methods"].items() if m in reports}
-    baselines = [m for m, s in done.items() if get_path(s["path"]).model != "refiner"]
-    if not baselines:
-        return {}
-    best = min(baselines, key=lambda m: float(np.mean(errors(m))))
-    tests = {m: sign_test(errors(m), errors(best)) for m, s in done.items()
-             if get_path(s["path"]).model == "refiner"}
-    return {"baseline": best, "tests": tests}
 
 
 # ------------------------------------------------------------------------------ report
 def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
-                 reports: dict[str, dict[str, Any]], costs: dict[str, dict[str, Any]],
+                 reports: dict[str, dict[str, Any]], spent: dict[str, dict[str, Any]],
                  stages: dict[str, Any]) -> Path:
-    """metrics.json, the figures and report.md of a finished study."""
+    """metrics.json, the figures and report.md of a finished study (`spent`: the cost JSON of
+    every method rolled out, `stages`: stages.json)."""
     from sns_engine import plots
     from sns_engine.data import TrajectoryStore
 
@@ -210,7 +122,8 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
     channels = list(spec.channel_names)
     labels = [SOLVER, *(m for m in cfg.methods if m in reports)]
     missing = [m for m in cfg.methods if m not in reports]
-    summaries = {m: summarize(reports[m], costs.get(m)) for m in labels}
+    summaries = {m: summarize(reports[m], spent.get(m), cfg.horizon, cfg.members,
+                              stages.get(f"rollout/{m}", {}).get("last_run")) for m in labels}
     verdicts = judge(cfg, plan, reports)
     tests = sign_tests(plan, reports)
     command = study_command(cfg, out)
@@ -220,7 +133,8 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
         "methods": {m: {"summary": summaries[m], "report": reports[m]} for m in labels}})
     stores = {SOLVER: (out / "data" / "control.zarr", 1),
               **{m: (out / "rollouts" / f"{slug(m)}.zarr", 0) for m in labels[1:]}}
-    figures = plots.study_figures({m: reports[m] for m in labels}, out / "figures", stores)
+    figures = plots.study_figures({m: reports[m] for m in labels}, out / "figures", stores,
+                                  {m: summaries[m]["survival"] for m in labels})
     for m in labels:
         plots.report_figures(reports[m], out / "figures" / slug(m))
 
@@ -232,8 +146,9 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
         f"states (seed {cfg.seed + 1}); solver control: {cfg.members} trajectories (seed "
         f"{cfg.seed + 2}) whose first states every method starts from; grid {spec.grid}², "
         f"channels {', '.join(channels)}, one saved state every {spec.snapshot_dt:.4g} time units; "
-        f"models from {cfg.bundle or 'bundle/ (trained here)'}. Horizon {cfg.horizon} model steps "
-        f"({summaries[SOLVER]['horizon_time']:.3g} time units), {cfg.windows} windows.", "",
+        f"models from {cfg.bundle or 'bundle/ (trained here)'}{_checksum_text(out)}. Horizon "
+        f"{cfg.horizon} model steps ({summaries[SOLVER]['horizon_time']:.3g} time units), "
+        f"{cfg.windows} windows.", "",
         *([f"**Incomplete**: {', '.join(missing)} not rolled out yet (pending: "
             f"{', '.join(plan['pending']) or 'none'}, waiting for a model); rerun the study's "
             "command to complete it.", ""] if missing else []),
@@ -246,17 +161,24 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
         "## Every method against the solver floor (last window)", "",
         "Values with their 90 % bootstrap interval over members; ×floor divides by the solver "
         "control's value in the same window. Spectrum errors are the symmetric mean |log E/E_ref| "
-        "over the shells the solver resolves.", "",
+        "over the shells the solver resolves. Members: stable to the horizon / unstable (left "
+        "the attractor) / flagged (frozen by the engine before they were seen unstable). The "
+        "median stability time censors flagged members at their flag (Kaplan–Meier); \"not "
+        "reached\" where fewer than half are seen unstable. Decorrelation time: where the "
+        "ensemble's autocorrelation falls to 1/e; \"> L\" where it stays above 1/e over the whole "
+        "lag window L. Costs cover the whole rollout (next section).", "",
         *_summary_table(labels, summaries, reports, floor, channels), "",
         _sign_text(tests), "",
+        "## Cost of each rollout, whole", "", *_cost_section(labels[1:], summaries), "",
         "## Reference stationarity", "", _stationarity_text(floor), "",
         "## Per window", ""]
     for m in labels:
         lines += _window_section(m, reports[m], floor, channels)
     ran = {s: v["last_run"] for s, v in stages.items() if "last_run" in v}
     lines += ["## Cost of each stage (this machine)", "",
-              "The last run of each stage (a stage resumed after a kill counts only its last part; "
-              "CPU seconds are this process's, all threads).", "",
+              "The last run of each stage (a stage resumed after a kill counts only its last part "
+              "here; a rollout's every part is in the section above; CPU seconds are this "
+              "process's, all threads).", "",
               *_table(["stage", "finished", "wall seconds", "CPU seconds"],
                       [[s, v["finished"], f"{v['seconds']:.0f}", f"{v['cpu_seconds']:.0f}"]
                        for s, v in sorted(ran.items())]), "",
@@ -267,36 +189,88 @@ def write_report(cfg: StudyConfig, out: Path, plan: dict[str, Any],
     return report
 
 
+def _checksum_text(out: Path) -> str:
+    file = out / RECORD
+    if not file.exists():
+        return " (no bundle checksums recorded)"
+    record = json.loads(file.read_text())
+    when = "before the first rollout" if record["before_first_rollout"] else "after rollouts had begun"
+    later = f"; {len(record['changes'])} allowed changes since" if record["changes"] else ""
+    return f" (SHA-256 of its files in [{RECORD}]({RECORD}), recorded {record['recorded']}, {when}{later})"
+
+
 def _summary_table(labels: list[str], summaries: dict[str, Any], reports: dict[str, Any],
                    floor: dict[str, Any], channels: list[str]) -> list[str]:
     f_last = floor["windows"][-1]
     curves = list(f_last["spectrum_error"])
-    header = ["method", "survival", "median stability time",
+    header = ["method", "stable / unstable / flagged", "median stability time",
               *(f"spectrum error {c} (×floor)" for c in curves),
               *(f"{b}-k ×floor" for b in BANDS), *(f"W1 {c} (×floor)" for c in channels),
-              "KE / reference", "decorrelation time (solver)", "member-forwards / member-step",
-              "GFLOP / member-step", "seconds / step"]
+              "KE / reference",
+              f"decorrelation time (reference {_fmt(summaries[SOLVER]['reference_decorrelation_time'])})",
+              "member-forwards / member-step", "GFLOP / member-step", "seconds / step"]
     rows = []
     for m in labels:
         s, r = summaries[m], reports[m]
         w, interval = r["windows"][-1], r["windows"][-1]["interval"]
-        cost = s["cost"]
+        cost, fates = s["whole_cost"], s["fates"]
+        tau = s["decorrelation_time"]
         rows.append([
-            m, f"{100 * s['survival_at_horizon']:.0f} %",
-            f"> {s['horizon_time']:.3g}" if s["median_stability_time"] is None
-            else f"{s['median_stability_time']:.3g}",
+            m, " / ".join(str(fates[f]) for f in outcomes.FATES), _median(s),
             *(f"{_ci(w['spectrum_error'][c], interval['spectrum_error'][c])} "
-              f"({_ratio(w['spectrum_error'][c], f_last['spectrum_error'][c]):.2g})" for c in curves),
-            *(_fmt(max(_ratio(w["band_error"][c][b], f_last["band_error"][c][b]) for c in curves))
+              f"({ratio(w['spectrum_error'][c], f_last['spectrum_error'][c]):.2g})" for c in curves),
+            *(_fmt(max(ratio(w["band_error"][c][b], f_last["band_error"][c][b]) for c in curves))
               for b in BANDS),
-            *(f"{_ci(w['w1'][i], interval['w1'][i])} ({_ratio(w['w1'][i], f_last['w1'][i]):.2g})"
+            *(f"{_ci(w['w1'][i], interval['w1'][i])} ({ratio(w['w1'][i], f_last['w1'][i]):.2g})"
               for i in range(len(channels))),
             ", ".join(_ci(v, interval["energy_ratio"][c]) for c, v in w["energy_ratio"].items()),
-            f"{_fmt(s['decorrelation_time'])} ({_fmt(s['solver_decorrelation_time'])})",
+            "–" if tau is None else outcomes.Bound(*tau).text(),
             _fmt(cost.get("member_forwards_per_member_step")),
             _fmt(cost["flops_per_member_step"] / 1e9) if cost.get("flops_per_member_step") else "–",
             _fmt(cost.get("seconds_per_step"))])
     return _table(header, rows)
+
+
+def _median(summary: dict[str, Any]) -> str:
+    if summary["median_stability_time"] is not None:
+        return f"{summary['median_stability_time']:.3g}"
+    flagged = summary["fates"]["flagged"]
+    if flagged:
+        return f"not reached ({flagged} frozen, censored)"
+    return f"> {summary['horizon_time']:.3g}"
+
+
+def _cost_section(labels: list[str], summaries: dict[str, Any]) -> list[str]:
+    """Per rollout: its work per member-step from every step its store records, and the wall and
+    CPU time of every invocation that worked on it."""
+    rows = []
+    for m in labels:
+        c = summaries[m]["whole_cost"]
+        hours = [_fmt(c[k] / 3600) if c.get(k) is not None else "–"
+                 for k in ("wall_seconds", "cpu_seconds")]
+        timed = c["timed_steps"]
+        if c["invocations"] is None:
+            covered = f"last invocation only: {_fmt(timed)} of {c['steps']} steps"
+        else:
+            killed = f", {c['killed_invocations']} killed" if c["killed_invocations"] else ""
+            plural = "s" if c["invocations"] > 1 else ""
+            covered = (f"{c['invocations']} invocation{plural}{killed}; " + (
+                f"steps {c['steps'] - timed}–{c['steps']}" if timed is not None
+                else "from a step the first could not read"))
+        rows.append([m, _fmt(c["refinement_forwards_per_member_step"]),
+                     _fmt(c["level_passes_per_member_step"]),
+                     _fmt(c["flops_per_member_step"] / 1e9) if c["flops_per_member_step"] else "–",
+                     *hours, _fmt(c["seconds_per_step"]), covered])
+    return [
+        "Work per member-step from every step the store records (refinement forwards and "
+        "levels-only passes; add one emulator forward), FLOPs from each network's FLOPs per pass; "
+        "wall and CPU hours summed over every invocation that rolled the method out (CPU: this "
+        "process, all threads; an invocation killed without a word counts up to its last "
+        f"heartbeat, ≤ {costs.HEARTBEAT:.0f} s short). Rollouts begun before invocations were "
+        "recorded are timed on their last invocation only, as said.", "",
+        *_table(["method", "refinement forwards / member-step", "levels passes / member-step",
+                 "GFLOP / member-step", "wall hours", "CPU hours", "wall seconds / step",
+                 "timed"], rows)]
 
 
 def _window_section(label: str, report: dict[str, Any], floor: dict[str, Any],

@@ -62,7 +62,7 @@ class Units:
 
 UNITS = {
     # nondimensional: domain [0, 2π)², ν = 1/Re (the time unit is the one of the solver's dt)
-    "kolmogorov": Units({"vorticity": Channel("ω", "vorticity", "1/time unit, nondimensional")}),
+    "kolmogorov": Units({"vorticity": Channel("ω", "vorticity", "1/time unit")}),
     # pyqg: SI units; PV anomaly q = ∇²ψ + F(ψ' − ψ) [1/s], time [s], length [m]
     "qg": Units({"q_upper": Channel("q₁", "upper-layer PV anomaly", "1/s"),
                  "q_lower": Channel("q₂", "lower-layer PV anomaly", "1/s")},
