@@ -177,6 +177,15 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         print("recorded in", Path(args.out or args.bundle) / "config.json")
 
 
+def cmd_import_authors(args: argparse.Namespace) -> None:
+    from sns_engine.authors import import_authors
+
+    import_authors(args.refiner, system=args.system, out=args.out, emulator=args.emulator,
+                   thermalizer=args.thermalizer, normalisation=args.normalisation,
+                   preset=args.preset, system_params=_overrides("--set", args.set) or None,
+                   quiet=args.quiet)
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from sns_engine.config import check_types
     from sns_engine.study import StudyConfig, StudyError, load_recipe, run_study
@@ -329,6 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
              samples=positive, walk_bias_frames=positive, quiet=quiet)
     p.add_argument("--free-steps", type=_positive, nargs="+", default=[1, 10, 100, 1000],
                    help=param_help(calibrate)["free_steps"])
+
+    from sns_engine.authors import import_authors
+
+    p = _command(sub, "import-authors", cmd_import_authors, "a bundle from checkpoints trained with "
+                 "the authors' code (QiLiu6/SNS), read without running pickled code")
+    docs = param_help(import_authors)
+    for name in ("refiner", "emulator", "thermalizer"):
+        p.add_argument("--" + name, required=name == "refiner", help=docs[name])
+    p.add_argument("--system", required=True, choices=list(SYSTEMS), help=docs["system"])
+    p.add_argument("--out", required=True, help=docs["out"])
+    p.add_argument("--normalisation", type=float, nargs="+", help=docs["normalisation"])
+    p.add_argument("--preset", default="paper", choices=list(PRESETS), help=docs["preset"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a solver parameter replacing the preset's, e.g. --set steps_per_snapshot=2 "
+                        "(repeatable)")
+    p.add_argument("--quiet", action="store_true", help=docs["quiet"])
 
     p = _command(sub, "plot", cmd_plot, "write PNG figures of a store or an ensemble")
     p.add_argument("kind", choices=["spectrum", "snapshots", "all"],

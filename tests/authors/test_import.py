@@ -205,3 +205,19 @@ def test_their_data_config_sets_the_snapshot_step(checkpoints, tmp_path):
                          quiet=True, system_params={"output_grid": GRID, "solver_grid": 32,
                                                     "steps_per_snapshot": 4})
     assert math.isclose(load_bundle(out).system.snapshot_dt, 0.004)
+
+
+def test_the_cli_imports_their_checkpoints(checkpoints, tmp_path, capsys):
+    from sns_engine.cli import main
+
+    _, paths = checkpoints
+    out = tmp_path / "cli-bundle"
+    main(["import-authors", "--refiner", str(paths["refiner"]), "--emulator", str(paths["emulator"]),
+          "--system", "kolmogorov", "--out", str(out), "--set", f"output_grid={GRID}",
+          "--set", "solver_grid=32", "--quiet"])
+    bundle = load_bundle(out)
+    assert bundle.model("refiner").label_offset == 1 and bundle.system.grid == GRID
+    with pytest.raises(SystemExit) as err:
+        main(["import-authors", "--refiner", str(tmp_path / "missing.p"), "--system", "kolmogorov",
+              "--out", str(tmp_path / "x")])
+    assert err.value.code == 2 and "missing.p" in capsys.readouterr().err
