@@ -1,0 +1,163 @@
+"""The cost–fidelity frontier of a study: every method a point, the solver at (1, 1).
+
+    python results/refinement-ablation/frontier.py STUDY_METRICS_JSON OUT_DIR [--solver-cpu S]
+
+x: CPU seconds per member and simulated time unit, relative to the solver's (the study's rollout
+stages for the methods; for the solver, `solver_cost` times the same jax-cfd solver the control
+ran, 8 trajectories vmapped, on this machine, unless --solver-cpu gives a measured figure).
+y: the worst last-window metric × the solver floor (every band error and W1, each divided by the
+solver control's), with the 90 % bootstrap interval of that metric; and the median stability time
+with a 90 % bootstrap interval over members (members stable to the horizon count at the horizon).
+Writes frontier.png and frontier.json into OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def solver_cost(members: int = 8, model_steps: int = 200) -> float:
+    """CPU seconds per member and simulated time unit of the Kolmogorov `cpu` solver (jax-cfd,
+    128², 5 solver steps per model step), `members` trajectories vmapped, as the data stage runs."""
+    import jax
+
+    from sns_engine.systems import get_system
+
+    system = get_system("kolmogorov", "cpu", spinup_steps=0)
+    state = system.initial_states(list(range(members)))
+    state, _ = system.advance(state, 1)              # compile outside the timing
+    jax.block_until_ready(state)
+    start = time.process_time()
+    state, _ = system.advance(state, model_steps)
+    jax.block_until_ready(state)
+    cpu = time.process_time() - start
+    return cpu / (members * model_steps * system.snapshot_dt)
+
+
+def worst_metric(last: dict, floor: dict) -> tuple[float, float, float, str]:
+    """(value, low, high) of the worst last-window metric × floor, and its name."""
+    rows = []
+    for band, value in last["band_error"]["energy"].items():
+        lo, hi = last["interval"]["band_error"]["energy"][band]
+        ref = floor["band_error"]["energy"][band]
+        rows.append((value / ref, lo / ref, hi / ref, f"{band}-k spectrum"))
+    for c, value in enumerate(last["w1"]):
+        lo, hi = last["interval"]["w1"][c]
+        rows.append((value / floor["w1"][c], lo / floor["w1"][c], hi / floor["w1"][c], f"W1 channel {c}"))
+    return max(rows)
+
+
+def median_interval(times: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of per-member stability times with a 90 % bootstrap interval."""
+    t = np.asarray(times, dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(t), (resamples, len(t)))
+    medians = np.median(t[draws], axis=1)
+    return float(np.median(t)), float(np.quantile(medians, 0.05)), float(np.quantile(medians, 0.95))
+
+
+def paired(times: list, against: list, horizon: float) -> dict[str, int]:
+    """Members stable longer / shorter / as long as in `against` (same initial states); a member
+    stable to the horizon (None) counts as the horizon, so two such members tie."""
+    a = np.array([horizon if t is None else t for t in times])
+    b = np.array([horizon if t is None else t for t in against])
+    return {"longer": int((a > b).sum()), "shorter": int((a < b).sum()), "tied": int((a == b).sum())}
+
+
+def frontier(metrics: dict, solver_cpu: float) -> list[dict]:
+    """One row per method: cost and fidelity as the module docstring defines them."""
+    study, stages = metrics["study"], metrics["stages"]
+    floor = metrics["methods"]["solver"]["summary"]["last"]
+    rows = []
+    for label, entry in metrics["methods"].items():
+        if label == "solver":
+            continue
+        summary, report = entry["summary"], entry["report"]
+        cpu = stages[f"rollout/{label}"]
+        cpu = cpu.get("total_cpu_seconds", cpu.get("last_run", cpu)["cpu_seconds"])
+        horizon = summary["horizon_time"]
+        worst, lo, hi, name = worst_metric(summary["last"], floor)
+        stability = report["stability"]
+        times = [min(t, horizon) if t is not None else horizon for t in stability["times"]]
+        median, m_lo, m_hi = median_interval(times)
+        published = metrics["methods"].get("left_down")
+        versus = paired(stability["times"], published["report"]["stability"]["times"], horizon) \
+            if published else None
+        rows.append({
+            "method": label, "vs_published": versus,
+            "cpu_per_member_time_unit": cpu / (study["members"] * horizon),
+            "cost_vs_solver": cpu / (study["members"] * horizon) / solver_cpu,
+            "gflop_per_member_step": summary["cost"]["flops_per_member_step"] / 1e9,
+            "member_forwards_per_member_step": 1 + report["moves"]["mean"] + (label != "emulator"),
+            "worst_x_floor": worst, "worst_interval": [lo, hi], "worst_metric": name,
+            "median_stability": median, "median_interval": [m_lo, m_hi],
+            "stable_at_horizon": float(stability["survival_at_horizon"]),
+            "energy_ratio": summary["last"]["energy_ratio"]["energy"]})
+    return rows
+
+
+def plot(rows: list[dict], horizon: float, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8.5), sharex=True)
+    for row in rows:
+        x = row["cost_vs_solver"]
+        style = dict(marker="s" if row["method"] == "emulator" else "o", ms=7, capsize=3)
+        for axis, key, interval in ((top, "worst_x_floor", "worst_interval"),
+                                    (bottom, "median_stability", "median_interval")):
+            y, (lo, hi) = row[key], row[interval]
+            line = axis.errorbar([x], [y], yerr=[[y - lo], [hi - y]], **style)
+            axis.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 4),
+                          fontsize=8, color=line[0].get_color())
+    top.plot([1], [1], "k*", ms=14)
+    top.annotate("solver (the floor)", (1, 1), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    top.set_yscale("log")
+    top.set_ylabel("worst last-window metric × solver floor\n(log; 1 = the solver)")
+    top.axhline(1.5, color="0.5", ls=":", lw=1)
+    top.annotate("criterion 2: ≤ 1.5×", (top.get_xlim()[0], 1.5), fontsize=8, color="0.4",
+                 textcoords="offset points", xytext=(4, 3))
+    bottom.plot([1], [horizon], "k*", ms=14)
+    bottom.annotate(f"solver (stable past {horizon:g})", (1, horizon), textcoords="offset points",
+                    xytext=(6, -12), fontsize=8)
+    bottom.set_ylabel("median stability time (time units)\n90 % bootstrap interval over members")
+    bottom.set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    bottom.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    bottom.xaxis.set_major_formatter(ScalarFormatter())
+    bottom.xaxis.set_minor_formatter(NullFormatter())
+    low, high = bottom.get_xlim()
+    bottom.set_xlim(low, high * 2.5)   # room for the labels right of the points
+    bottom.set_xlabel("CPU cost per simulated time unit, relative to the solver (log; same machine)")
+    fig.suptitle("Cost against fidelity: every refinement policy of the ablation", y=0.995)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("metrics", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--solver-cpu", type=float, help="CPU s per member-time-unit of the solver")
+    args = parser.parse_args()
+    metrics = json.loads(args.metrics.read_text())
+    solver_cpu = args.solver_cpu if args.solver_cpu is not None else solver_cost()
+    rows = frontier(metrics, solver_cpu)
+    args.out.mkdir(parents=True, exist_ok=True)
+    horizon = metrics["methods"][rows[0]["method"]]["summary"]["horizon_time"]
+    plot(rows, horizon, args.out / "frontier.png")
+    (args.out / "frontier.json").write_text(json.dumps({"solver_cpu_per_member_time_unit": solver_cpu,
+                                                        "rows": rows}, indent=1) + "\n")
+    for row in sorted(rows, key=lambda r: r["cost_vs_solver"]):
+        print(f"{row['method']:38s} cost {row['cost_vs_solver']:7.2f}× solver  "
+              f"worst {row['worst_x_floor']:8.3g}× floor  median stability {row['median_stability']:.2f}  "
+              f"stable {row['stable_at_horizon']:.0%}")
+
+
+if __name__ == "__main__":
+    main()
