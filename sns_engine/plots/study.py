@@ -28,6 +28,7 @@ from sns_engine.plots.common import (
     time_axis,
     time_label,
     time_unit,
+    unit_suffix,
     write_figures,
 )
 from sns_engine.plots.fields import field_colormap
@@ -112,7 +113,8 @@ def study_figure_set(reports: Mapping[str, dict[str, Any]], u: Units,
         for ax, b in zip(row, BANDS, strict=True):
             panel(ax, lambda w, _, c=c, b=b: w["band_error"][c][b], f"{b}-k spectrum error, {c}")
             if b in shells:
-                ax.set_title(f"{b} k: shells {shells[b][0]:g}–{shells[b][1]:g}", fontsize=9)
+                ax.set_title(f"{b} k: k ∈ [{shells[b][0]:.3g}, {shells[b][1]:.3g}]"
+                             f"{unit_suffix(u.wavenumber_unit)}", fontsize=9)
     legend(fig)
     figures["band_errors.png"] = fig
 
