@@ -158,8 +158,8 @@ def test_report_figures_name_fields_and_units(ensemble, tmp_path):
     from sns_engine.diagnostics.evaluate import evaluate
 
     reference = _solver_copy(ensemble, tmp_path / "ref.zarr")
-    figures = plots.report_figure_set(evaluate(ensemble, reference, windows=2),
-                                      plots.store_units(TrajectoryStore(ensemble)))
+    report = evaluate(ensemble, reference, windows=2)
+    figures = plots.report_figure_set(report, plots.store_units(TrajectoryStore(ensemble)))
     (ax,) = figures["spectra.png"].axes
     assert ax.get_ylabel() and ax.get_xlabel() and ax.get_yscale() == "log"
     assert any("computed from ω vorticity" in text for legend in _legends(figures["spectra.png"])
@@ -175,6 +175,8 @@ def test_report_figures_name_fields_and_units(ensemble, tmp_path):
     assert len(survival_x) == 4 + 1  # every saved state and 0
     for ax in figures["levels.png"].axes:  # every count shows: log counts, a dot per value
         assert ax.get_yscale() == "log" and len(ax.get_lines()[0].get_xdata()) >= 1
+    none = {"value": [], "count": []}  # the bare emulator estimates no levels: no empty figure
+    assert "levels.png" not in plots.report_figure_set({**report, "levels": {"n_x": none, "n_y": none}})
 
 
 @pytest.mark.parametrize("kind", ["all", "spectrum", "snapshots"])

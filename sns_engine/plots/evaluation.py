@@ -34,7 +34,8 @@ from sns_engine.systems import Units
 
 def report_figure_set(report: dict[str, Any], u: Units | None = None) -> dict[str, Figure]:
     """The evaluation figures by file name: spectra over time, error and W1 over time,
-    autocorrelation and survival curve, level and move histograms. `u` names the fields and units
+    autocorrelation and survival curve, level and move histograms (where levels were
+    estimated). `u` names the fields and units
     (default: the curves' and channels' own names, times unscaled)."""
     u = u or Units({})
     channels = list(u.channels.values())
@@ -99,7 +100,7 @@ def report_figure_set(report: dict[str, Any], u: Units | None = None) -> dict[st
                 "reference's, not flagged (a flag counts as lost)", fontsize=9)
     figures["autocorrelation_stability.png"] = fig
 
-    if "levels" in report:
+    if (report.get("levels") or {}).get("n_x", {}).get("value"):  # the bare emulator has none
         fig = Figure(figsize=(13, 4), layout="constrained")
         for ax, (label, hist) in zip(fig.subplots(1, 3), [
                 ("estimated level n̂_x", report["levels"]["n_x"]),
