@@ -2,9 +2,11 @@
 
     python results/refinement-ablation/frontier.py STUDY_METRICS_JSON OUT_DIR [--solver-cpu S]
 
-x: CPU seconds per member and simulated time unit, relative to the solver's (the study's rollout
-stages for the methods; for the solver, `solver_cost` times the same jax-cfd solver the control
-ran, 8 trajectories vmapped, on this machine, unless --solver-cpu gives a measured figure).
+x: CPU seconds per member and simulated time unit, relative to the solver's. A method's: its GFLOP
+per member-step over the whole rollout × the CPU seconds per GFLOP pooled over the rollouts one
+invocation ran whole (so a rollout resumed after a kill is costed right); the solver's:
+`solver_cost` times the jax-cfd solver the control ran, 8 trajectories vmapped, on this machine,
+unless --solver-cpu gives a measured figure.
 y: the worst last-window metric × the solver floor (every band error and W1, each divided by the
 solver control's), with the 90 % bootstrap interval of that metric; and the median stability time
 with a 90 % bootstrap interval over members (members stable to the horizon count at the horizon).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -68,18 +71,54 @@ def paired(times: list, against: list, horizon: float) -> dict[str, int]:
     return {"longer": int((a > b).sum()), "shorter": int((a < b).sum()), "tied": int((a == b).sum())}
 
 
-def frontier(metrics: dict, solver_cpu: float) -> list[dict]:
+def pass_gflop(bundle: str) -> dict[str, float]:
+    """GFLOP per member of the emulator, the refiner's full forward and its levels-only pass."""
+    from sns_engine.bundle import load_bundle
+    from sns_engine.engine.denoiser import refiner_denoiser
+    from sns_engine.engine.rollout import member_flops
+
+    loaded = load_bundle(bundle)
+    per = member_flops(loaded.model("emulator"), refiner_denoiser(loaded.model("refiner")))()
+    return {"emulator": per.emulator / 1e9, "forward": per.forward / 1e9, "levels": per.levels / 1e9}
+
+
+def whole_run_gflop(cost: dict, report: dict, label: str, steps: int, flops: dict) -> float:
+    """GFLOP per member-step over the whole rollout: the study's count when one invocation ran it
+    all, else rebuilt from the stored moves (emulator + levels pass on refined steps + one forward
+    per move; a resumed rollout's own count covers only its last part)."""
+    if cost["physical_steps_measured"] == steps:
+        return cost["flops_per_member_step"] / 1e9
+    every = int(re.search(r"every=(\d+)", label).group(1)) if "every=" in label else 1
+    return flops["emulator"] + flops["levels"] / every + flops["forward"] * report["moves"]["mean"]
+
+
+def cpu_rates(metrics: dict, flops: dict) -> dict[bool, float]:
+    """CPU seconds per GFLOP on this machine, pooled over the rollouts one invocation ran whole:
+    {False: refined methods, True: the emulator}."""
+    study, totals = metrics["study"], {False: [0.0, 0.0], True: [0.0, 0.0]}
+    for label, entry in metrics["methods"].items():
+        cost = entry["summary"].get("cost") or {}
+        if label == "solver" or cost.get("physical_steps_measured") != study["horizon"]:
+            continue
+        stage = metrics["stages"][f"rollout/{label}"]
+        totals[label == "emulator"][0] += stage["cpu_seconds"]
+        totals[label == "emulator"][1] += cost["flops_per_member_step"] / 1e9 * study["horizon"] * \
+            study["members"]
+    return {key: cpu / gflop for key, (cpu, gflop) in totals.items()}
+
+
+def frontier(metrics: dict, solver_cpu: float, flops: dict) -> list[dict]:
     """One row per method: cost and fidelity as the module docstring defines them."""
-    study, stages = metrics["study"], metrics["stages"]
+    study = metrics["study"]
+    rate = cpu_rates(metrics, flops)
     floor = metrics["methods"]["solver"]["summary"]["last"]
     rows = []
     for label, entry in metrics["methods"].items():
         if label == "solver":
             continue
         summary, report = entry["summary"], entry["report"]
-        cpu = stages[f"rollout/{label}"]
-        cpu = cpu.get("total_cpu_seconds", cpu.get("last_run", cpu)["cpu_seconds"])
         horizon = summary["horizon_time"]
+        gflop = whole_run_gflop(summary["cost"], report, label, study["horizon"], flops)
         worst, lo, hi, name = worst_metric(summary["last"], floor)
         stability = report["stability"]
         times = [min(t, horizon) if t is not None else horizon for t in stability["times"]]
@@ -87,12 +126,11 @@ def frontier(metrics: dict, solver_cpu: float) -> list[dict]:
         published = metrics["methods"].get("left_down")
         versus = paired(stability["times"], published["report"]["stability"]["times"], horizon) \
             if published else None
+        steps_per_unit = study["horizon"] / horizon
+        cpu = gflop * steps_per_unit * rate[label == "emulator"]
         rows.append({
-            "method": label, "vs_published": versus,
-            "cpu_per_member_time_unit": cpu / (study["members"] * horizon),
-            "cost_vs_solver": cpu / (study["members"] * horizon) / solver_cpu,
-            "gflop_per_member_step": summary["cost"]["flops_per_member_step"] / 1e9,
-            "member_forwards_per_member_step": 1 + report["moves"]["mean"] + (label != "emulator"),
+            "method": label, "vs_published": versus, "cpu_per_member_time_unit": cpu,
+            "cost_vs_solver": cpu / solver_cpu, "gflop_per_member_step": gflop,
             "worst_x_floor": worst, "worst_interval": [lo, hi], "worst_metric": name,
             "median_stability": median, "median_interval": [m_lo, m_hi],
             "stable_at_horizon": float(stability["survival_at_horizon"]),
@@ -100,19 +138,24 @@ def frontier(metrics: dict, solver_cpu: float) -> list[dict]:
     return rows
 
 
+SHORT = {"left_down": "published (left_down)", "left_down[level_floor=10,every=5]": "floor 10, every 5",
+         "left_down[long=lagged]": "lagged long frame", "left_down[walk=ddim]": "DDIM walk",
+         "left_down[level_floor=5]": "floor 5"}
+
+
 def plot(rows: list[dict], horizon: float, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8.5), sharex=True)
-    for row in rows:
+    for i, row in enumerate(sorted(rows, key=lambda r: r["cost_vs_solver"])):
         x = row["cost_vs_solver"]
         style = dict(marker="s" if row["method"] == "emulator" else "o", ms=7, capsize=3)
         for axis, key, interval in ((top, "worst_x_floor", "worst_interval"),
                                     (bottom, "median_stability", "median_interval")):
             y, (lo, hi) = row[key], row[interval]
             line = axis.errorbar([x], [y], yerr=[[y - lo], [hi - y]], **style)
-            axis.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 4),
-                          fontsize=8, color=line[0].get_color())
+            axis.annotate(SHORT.get(row["method"], row["method"]), (x, y), textcoords="offset points",
+                          xytext=(7, 10 - 9 * (i % 3)), fontsize=8, color=line[0].get_color())
     top.plot([1], [1], "k*", ms=14)
     top.annotate("solver (the floor)", (1, 1), textcoords="offset points", xytext=(6, -12), fontsize=8)
     top.set_yscale("log")
@@ -123,7 +166,8 @@ def plot(rows: list[dict], horizon: float, out: Path) -> None:
     bottom.plot([1], [horizon], "k*", ms=14)
     bottom.annotate(f"solver (stable past {horizon:g})", (1, horizon), textcoords="offset points",
                     xytext=(6, -12), fontsize=8)
-    bottom.set_ylabel("median stability time (time units)\n90 % bootstrap interval over members")
+    bottom.set_ylabel("median stability time (time units; members stable\nto the horizon count at it), "
+                      "90 % interval")
     bottom.set_xscale("log")
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
@@ -147,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     metrics = json.loads(args.metrics.read_text())
     solver_cpu = args.solver_cpu if args.solver_cpu is not None else solver_cost()
-    rows = frontier(metrics, solver_cpu)
+    rows = frontier(metrics, solver_cpu, pass_gflop(metrics["study"]["bundle"]))
     args.out.mkdir(parents=True, exist_ok=True)
     horizon = metrics["methods"][rows[0]["method"]]["summary"]["horizon_time"]
     plot(rows, horizon, args.out / "frontier.png")
