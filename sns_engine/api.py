@@ -344,8 +344,8 @@ def calibrate(bundle: str | Path | None, data: str | Path, *, samples: int = 32,
         leaving `bundle` as it is (default None: write into `bundle`)
     walk_bias: measure the walk bias too (default True)
     walk_bias_frames: held-out frames per level of the walk bias, each walked twice (antithetic
-        noise); cost ≈ 16 · 78 · frames refiner forwards, ≈ 3 CPU-minutes at 16 for the small
-        preset (default 16)
+        noise); cost 16 · 78 · frames refiner forwards, ≈ 5 CPU-minutes at 16 for the small
+        preset at 64² on one core (default 16)
     quiet: no progress bars (default False)
     """
     from sns_engine import calibration

@@ -88,8 +88,8 @@ def check_target(bundle: str | Path, out: str | Path | None = None) -> None:
     if source.resolve().is_relative_to(PACKAGE):
         raise ValueError(f"bundle {source} is part of the installed sns_engine package (the "
                          "embedded default), whose files sns_engine never changes; pass out=DIR "
-                         "(CLI: --out DIR) to write the calibration into a copy of the bundle "
-                         "there, or save=False (CLI: --no-save) to only print it")
+                         "to write the calibration into a copy of the bundle there, or save=False "
+                         "to only print it")
 
 
 def writable_bundle(bundle: str | Path, out: str | Path | None = None) -> Path:

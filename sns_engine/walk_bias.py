@@ -385,14 +385,14 @@ def plot(result: dict[str, Any], out: str | Path) -> Path:
         ax.set_xticks(result["levels"], [str(k) for k in result["levels"]])
         ax.set_xlabel("noise level k the frame was walked back from (log axis)")
         ax.set_ylabel("kinetic energy walked / input − 1 (%)")
-        frame = {"x": "x noised, y clean", "y": "y noised, x clean", "both": "x and y noised"}[case]
+        frame = {"x": "x noised, y clean", "y": "y noised, x clean: the walked y",
+                 "both": "x and y noised: the walked x"}[case]
         what = "clean solver frames" if source == "clean" else "emulator proposals"
         ax.set_title(f"{frame}: {what}", fontsize=10)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("walk bias: one walk's kinetic-energy change (mean, 90 % bootstrap interval "
-                 "over frames)")
+    fig.suptitle("walk bias: one walk's kinetic-energy change (mean, 90 % bootstrap interval)")
     fig.tight_layout()
     with atomic_write(Path(out)) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
