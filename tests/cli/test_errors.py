@@ -344,11 +344,14 @@ def test_ctrl_c_during_rollout(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sns_engine.cli", "rollout", "--batch", "1",
                              "--steps", "100000", "--path", "emulator", "--quiet", "--out", str(out)],
                             env=ENV, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not out.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while not out.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a failed wait must not leave a 100 000-step rollout running
+        proc.kill()
     assert proc.returncode == 130
     assert err.splitlines() == ["sns-engine rollout: error: interrupted; rerun with --resume to continue"]
 
