@@ -5,6 +5,8 @@ Each checks its arguments before any work and raises a ValueError naming the bad
 too for a wrong type); long calls show a progress bar unless `quiet=True`. Each imports its
 machinery on first use, so `import sns_engine` stays cheap. No function changes the objects it is
 handed (a loaded Bundle stays as it was), and the backend of the fused ops is chosen per call.
+Each computes with the torch threads `sns_engine.threads` chooses (as the CLI does; `rollout`
+takes `threads=`), restoring the caller's setting when it returns.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sns_engine import config
 from sns_engine.config import ConfigError, RolloutConfig, TrainConfig, check_device, check_type
+from sns_engine.threads import with_torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 
 
+@with_torch_threads
 @config.document(RolloutConfig)
 def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps: int = 10,
             path: str = RolloutConfig.path, initial: torch.Tensor | str | Path | None = None,
@@ -46,7 +50,7 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
             walk: str = RolloutConfig.walk, engine: str = "engine", backend: str = "auto",
             graphs: bool = True, bf16: bool = False,
             resume: bool = False, overwrite: bool = False, checkpoint_every: int | None = None,
-            member_offset: int = 0, quiet: bool = False) -> RolloutResult:
+            member_offset: int = 0, quiet: bool = False, threads: int | None = None) -> RolloutResult:
     """Roll out an ensemble of `batch` members for `steps` physical steps along `path`.
 
     With `out` the states stream into a Zarr ensemble store (resumable); without it they are
@@ -82,6 +86,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         default the first multiple at or above 50 (default None)
     member_offset: id of the first member; a member's noise is keyed by its id (default 0)
     quiet: no progress bar (default False)
+    threads: torch threads for this call, the caller's setting restored after it; None: one per
+        process on a machine with at most 2 cores (the fastest there when other work shares the
+        cores), else the cores shared among the node's ranks (sns_engine.threads) (default None)
     Rollout settings:
     """
     check_type("batch", batch, int)
@@ -241,6 +248,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     return _load(path, device)
 
 
+@with_torch_threads
 def generate_data(system: str, out: str | Path, trajectories: int, snapshots: int,
                   preset: str = "cpu", seed: int = 0, *, trajectory_batch: int = 8,
                   time_chunk: int = 32, overrides: dict[str, Any] | None = None,
@@ -277,6 +285,7 @@ def generate_data(system: str, out: str | Path, trajectories: int, snapshots: in
                     quiet=quiet)
 
 
+@with_torch_threads
 @config.document(TrainConfig)
 def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainConfig.preset,
           steps: int = TrainConfig.steps, batch_size: int = TrainConfig.batch_size,
@@ -320,6 +329,7 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
                   probe=probe)
 
 
+@with_torch_threads
 def calibrate(bundle: str | Path | None, data: str | Path, *, samples: int = 32,
               free_steps: tuple[int, ...] = (1, 10, 100, 1000), seed: int = 0, save: bool = True,
               out: str | Path | None = None, walk_bias: bool = True, walk_bias_frames: int = 16,
@@ -369,6 +379,7 @@ def calibrate(bundle: str | Path | None, data: str | Path, *, samples: int = 32,
     return result
 
 
+@with_torch_threads
 def evaluate(ensemble: str | Path, reference: str | Path, *, windows: int = 4, threshold: float = 1.0,
              max_lag: int = 20, sample: int = 64, partial: bool = False) -> dict[str, Any]:
     """Metrics of an ensemble store against a solver store, as a JSON-able dict:

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # pyqg and small FFTs: 1 thread is far faster here
+# OpenMP pools (pyqg, BLAS) start with the libraries: 1 thread, far faster here for pyqg and small
+# FFTs. torch's threads are set per call by the API (sns_engine.threads), as for any caller.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 DEBUG_ENV = "SNS_ENGINE_DEBUG"
 
@@ -57,7 +59,7 @@ ROLLOUT_OPTIONS = ("batch", "steps", "path", "initial", "perturb", "save_every",
                    "threshold_heads", "renoise", "bound", "noise_limit", "thermalizer_start",
                    "thermalizer_stop", "level_floor", "level_floor_y", "every", "long", "lag",
                    "walk", "backend", "device", "graphs", "bf16", "checkpoint_every",
-                   "resume", "overwrite", "quiet")
+                   "resume", "overwrite", "quiet", "threads")
 DATA_OPTIONS = ("preset", "trajectories", "snapshots", "seed", "trajectory_batch", "time_chunk",
                 "overwrite", "quiet")
 TRAIN_RUN_OPTIONS = ("resume", "overwrite", "device", "quiet")
@@ -315,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
              perturb={"type": float}, threshold={"type": int},
              threshold_heads={"choices": list(HEADS)}, backend={"choices": ["auto", *BACKENDS]},
              every=positive, lag={**positive, "default": None}, long={"choices": list(LONG_FRAMES)},
-             walk={"choices": list(WALKS)})
+             walk={"choices": list(WALKS)}, threads=positive)
 
     p = _command(sub, "evaluate", cmd_evaluate, "metrics of an ensemble against solver data (JSON)")
     evaluate = sns_engine.evaluate
