@@ -26,7 +26,7 @@ from sns_engine.engine.denoiser import CounterNoise, TorchNoise, refiner_denoise
 from sns_engine.engine.initial import initial_conditions
 from sns_engine.engine.reference import reference_rollout
 from sns_engine.engine.rollout import CPU_CHUNK, Engine
-from sns_engine.models.unet import use_fast_cpu
+from sns_engine.models.unet_cpu import use_fast_cpu
 
 from .authors_loop import AuthorsLoop
 from .report import describe

@@ -6,7 +6,7 @@ levels-only pass (encoder, middle, heads), each in the implementations compared 
 
 - `reference`: the eager NCHW float32 path (`use_fast_cpu(model, False)`; the authors' loop's);
 - `channels_last`: the same code on channels_last weights and inputs (a candidate);
-- `fast`: the U-Net's CPU fast path (models/unet.py: channels_last, the circular halo made by hand,
+- `fast`: the U-Net's CPU fast path (models/unet_cpu.py: channels_last, the circular halo made by hand,
   GELUs on the contiguous NHWC view, the heads' convs batched, chunks of 16 members);
 - `compiled`: `torch.compile` (inductor, C++) of the reference, marked `long` (minutes to compile).
 
@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from sns_engine.api import DEFAULT_BUNDLE
 from sns_engine.bundle import load_bundle
-from sns_engine.models import unet as unet_module
-from sns_engine.models.unet import forward_flops, use_fast_cpu
+from sns_engine.models import unet_cpu
+from sns_engine.models.unet import forward_flops
+from sns_engine.models.unet_cpu import use_fast_cpu
 
 from .report import describe
 
@@ -133,18 +134,18 @@ def test_unet_cpu(benchmark, network, impl):
 
 
 def _fused_block(block, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """`unet._block_fast` of an unconditioned block with conv1 + bias + GELU in one oneDNN call
+    """`unet_cpu.block` of an unconditioned block with conv1 + bias + GELU in one oneDNN call
     (conv2 then reads its output padded, without a GELU pass of its own)."""
     u = torch.cat([x, skip], dim=1)
     g = torch.ops.mkldnn._convolution_pointwise(
-        unet_module._circular_pad(u, gelu=True), block.conv1.weight, block.conv1.bias, [0, 0],
+        unet_cpu.circular_pad(u, gelu=True), block.conv1.weight, block.conv1.bias, [0, 0],
         [1, 1], [1, 1], 1, "gelu", [], "none")
-    h = F.conv2d(unet_module._circular_pad(g), block.conv2.weight, block.conv2.bias)
+    h = F.conv2d(unet_cpu.circular_pad(g), block.conv2.weight, block.conv2.bias)
     return h.add_(block.shortcut(u))
 
 
 BLOCKS = {"reference": lambda block, x, skip: block(x, skip),
-          "fast": lambda block, x, skip: unet_module._block_fast(block, x, skip, ()),
+          "fast": lambda block, x, skip: unet_cpu.block(block, x, skip, ()),
           "fused": _fused_block}
 
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from sns_engine.config import ConfigError
-from sns_engine.models.unet import UNet, UNetConfig, unet_preset
+from sns_engine.models.unet import UNet
+from sns_engine.models.unet_config import UNetConfig, unet_preset
 
 
 class Emulator(nn.Module):

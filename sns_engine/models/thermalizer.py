@@ -8,7 +8,8 @@ from torch import nn
 
 from sns_engine.config import ConfigError
 from sns_engine.models.labels import shift, to_levels
-from sns_engine.models.unet import UNet, UNetConfig, unet_preset
+from sns_engine.models.unet import UNet
+from sns_engine.models.unet_config import UNetConfig, unet_preset
 
 
 class Thermalizer(nn.Module):

@@ -47,116 +47,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sns_engine.config import UNET_PRESETS, ConfigError
-from sns_engine.models.labels import LABEL_OFFSETS
+from sns_engine.models import unet_cpu
+from sns_engine.models.unet_config import UNetConfig
 from sns_engine.ops.conv_block import block_backend, residual_block
 from sns_engine.ops.level_argmax import level_argmax
 
 GELU_GAIN = math.sqrt(2.0)   # He gain: keeps the second moment through a (near-)rectifier
-# "standard": softmax over the keys; "authors": their Attention_block (CT/Models/Unet.py), one
-# head, softmax over the *query* index (docs/method.md §Where we differ, 8)
-ATTENTION_KINDS = ("standard", "authors")
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Hyper-parameters of one U-Net; JSON-able (`dataclasses.asdict`, `UNetConfig(**d)`)."""
-
-    in_channels: int
-    out_channels: int
-    grid: int                                   # H = W of the input; fixes the head linear
-    hidden: int = 64                            # channels of the input projection
-    channel_mults: tuple[int, ...] = (2, 2, 2)  # cumulative: level i = hidden·Π_{j≤i}
-    blocks_per_level: int = 2
-    attention_levels: tuple[int, ...] = ()      # level indices (0 = full resolution)
-    mid_attention: bool = False
-    attention_heads: int = 1
-    attention: str = "standard"                 # "standard" or "authors" (ATTENTION_KINDS)
-    heads: int = 0                              # number of level heads on the bottleneck
-    head_classes: int = 1001                    # N + 1 levels
-    head_channels: int = 16
-    head_hidden: int | None = None              # None: head_classes (the reference)
-    label_offset: int = 0                       # level of head class 0 (1: no clean class, labels)
-    condition_decoder: bool = False             # decoder blocks read the heads' softmax
-    level_embedding: int | None = None          # its width; None: head_classes (the reference)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
-        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
-        for name in ("in_channels", "out_channels", "grid", "hidden", "blocks_per_level",
-                     "attention_heads", "head_channels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"UNetConfig.{name} must be ≥ 1, got {getattr(self, name)}")
-        if not self.channel_mults or min(self.channel_mults) < 1:
-            raise ConfigError(f"UNetConfig.channel_mults must be non-empty positive integers, got "
-                              f"{self.channel_mults}")
-        levels = len(self.channel_mults)
-        bad = [i for i in self.attention_levels if not 0 <= i < levels]
-        if bad:
-            raise ConfigError(f"UNetConfig.attention_levels {bad} out of range; levels are "
-                              f"0..{levels - 1}")
-        if self.grid % self.downsampling:
-            raise ConfigError(f"grid {self.grid} is not divisible by the downsampling factor "
-                              f"{self.downsampling} of {levels} levels; use fewer channel_mults")
-        widths = (self.hidden, *self.level_channels)
-        attended = [c for i in self.attention_levels for c in widths[i:i + 2]]
-        attended += [self.level_channels[-1]] if self.mid_attention else []
-        if any(c % self.attention_heads for c in attended):
-            raise ConfigError(f"attention_heads {self.attention_heads} does not divide the "
-                              f"attended channel counts {attended}")
-        if self.attention not in ATTENTION_KINDS:
-            raise ConfigError(f"UNetConfig.attention must be one of {ATTENTION_KINDS}, got "
-                              f"{self.attention!r}")
-        if self.attention == "authors" and self.attention_heads != 1:
-            raise ConfigError("UNetConfig.attention='authors' has one head (their Attention_block); "
-                              f"got attention_heads={self.attention_heads}")
-        if self.heads < 0 or self.head_classes < 2:
-            raise ConfigError(f"need heads ≥ 0 and head_classes ≥ 2, got {self.heads} and "
-                              f"{self.head_classes}")
-        for name in ("head_hidden", "level_embedding"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"UNetConfig.{name} must be ≥ 1 or None, got {getattr(self, name)}")
-        if self.label_offset not in LABEL_OFFSETS or (self.label_offset and not self.heads):
-            raise ConfigError(f"UNetConfig.label_offset must be one of {LABEL_OFFSETS} (nonzero only "
-                              f"with level heads), got {self.label_offset!r}")
-        if self.condition_decoder and not self.heads:
-            raise ConfigError("UNetConfig.condition_decoder needs level heads (heads ≥ 1)")
-
-    @property
-    def level_channels(self) -> tuple[int, ...]:
-        """Channels of each resolution level, finest first."""
-        return tuple(self.hidden * math.prod(self.channel_mults[:i + 1])
-                     for i in range(len(self.channel_mults)))
-
-    @property
-    def downsampling(self) -> int:
-        """Total downsampling factor 2^(L−1): the bottleneck is grid / downsampling per side."""
-        return 2 ** (len(self.channel_mults) - 1)
-
-    @property
-    def embedding_width(self) -> int:
-        """Width of each head's level embedding (0 when the decoder is not conditioned)."""
-        return (self.level_embedding or self.head_classes) if self.condition_decoder else 0
-
-
-def unet_preset(name: str, in_channels: int, out_channels: int, grid: int, heads: int = 0,
-                num_levels: int = 1000, condition_decoder: bool = False) -> UNetConfig:
-    """The named preset (config.UNET_PRESETS: "paper" or "small") for the given channels, grid
-    and level heads."""
-    if name not in UNET_PRESETS:
-        raise ConfigError(f"unknown U-Net preset {name!r}; choose one of {sorted(UNET_PRESETS)}")
-    return UNetConfig(in_channels=in_channels, out_channels=out_channels, grid=grid, heads=heads,
-                      head_classes=num_levels + 1, condition_decoder=condition_decoder,
-                      **UNET_PRESETS[name])
-
-
 def init_layer(layer: nn.Conv2d | nn.ConvTranspose2d | nn.Linear, gain: float) -> None:
     """Weights ~ N(0, gain²/fan_in), bias 0; fan_in = inputs each output reads.
 
@@ -286,73 +187,6 @@ class LevelEmbedding(nn.Module):
         return F.gelu(self.fc2(F.gelu(self.fc1(logits.softmax(dim=-1)))))
 
 
-def _gelu_nhwc(t: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """GELU of a channels_last tensor through its contiguous (B, H, W, C) view, which ATen runs
-    in its vectorised kernel (a channels_last tensor takes a strided path ≈ 1.6× slower)."""
-    view = t.permute(0, 2, 3, 1)
-    return (torch.ops.aten.gelu_(view) if inplace else F.gelu(view)).permute(0, 3, 1, 2)
-
-
-def _circular_pad(t: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """GELU(t) (or t) padded periodically by one pixel per side, channels_last: what a circular
-    3×3 conv reads. Padded as (B, 1, H, W, C), where F.pad copies whole rows (on NCHW it makes
-    narrow strided copies and returns NCHW)."""
-    view = (_gelu_nhwc(t) if gelu else t).permute(0, 2, 3, 1)[:, None]
-    return F.pad(view, (0, 0, 1, 1, 1, 1), mode="circular")[:, 0].permute(0, 3, 1, 2)
-
-
-def _conv_fast(conv: nn.Conv2d, t: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """conv(GELU(t)) (or conv(t)) of a circular conv, on the CPU fast path."""
-    return F.conv2d(_circular_pad(t, gelu), conv.weight, conv.bias, conv.stride)
-
-
-def _shifted(h: torch.Tensor, shifts: nn.ModuleList, embeddings: tuple[torch.Tensor, ...]
-             ) -> torch.Tensor:
-    """h ← GELU(h + shift(e)) per level embedding, in place."""
-    for shift, e in zip(shifts, embeddings, strict=True):
-        _gelu_nhwc(h.add_(shift(e)[:, :, None, None]), inplace=True)
-    return h
-
-
-FAST_CPU_CHUNK = 16  # members per fast-path call, as the engine's CPU chunk: activations in cache
-
-
-def _in_chunks(method: Callable) -> Callable:
-    """Run a UNet pass of x on the CPU fast path in chunks of FAST_CPU_CHUNK members, the outputs
-    (a tensor, or a tuple or list of them) concatenated (the small preset at 64²: 10–20 % faster
-    at batch 64 than in one call)."""
-    @functools.wraps(method)
-    def run(self: UNet, x: torch.Tensor, backend: str | None = "torch"):
-        self._check(x)
-        if x.shape[0] <= FAST_CPU_CHUNK or not self._fast(x, backend):
-            return method(self, x, backend)
-        return _cat([method(self, part, backend) for part in x.split(FAST_CPU_CHUNK)])
-
-    return run
-
-
-def _cat(parts: list) -> object:
-    """Concatenate the chunks' outputs along the batch, keeping their structure."""
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    return type(parts[0])(_cat(list(column)) for column in zip(*parts, strict=True))
-
-
-def _stacked(convs: Iterable[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The convs' weights and biases concatenated along the output channels."""
-    convs = list(convs)
-    return torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs])
-
-
-def _block_fast(block: ResidualBlock, x: torch.Tensor, skip: torch.Tensor | None,
-                embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """`ResidualBlock` (ops.conv_block's arithmetic) on the CPU fast path, shifts in place."""
-    u = x if skip is None else torch.cat([x, skip], dim=1)
-    h = _shifted(_conv_fast(block.conv1, u, gelu=True), block.shift1, embeddings)
-    h = _shifted(_conv_fast(block.conv2, h, gelu=True), block.shift2, embeddings)
-    return h.add_(block.shortcut(u))
-
-
 class UNet(nn.Module):
     """x (B, in, grid, grid) → (out (B, out, grid, grid), [logits (B, classes) per head]).
 
@@ -361,13 +195,9 @@ class UNet(nn.Module):
     "cuda": `block_backend`), `level_estimates` also ops.level_argmax. Weights and state_dict do
     not depend on it.
 
-    On the CPU, in inference (no tensor needs a gradient), with the "torch" conv backend and
-    float32, it runs a fast path (unless `fast_cpu` is False, see `use_fast_cpu`): channels_last
-    activations (oneDNN's direct convs, no reorders), the periodic halo written by hand with the
-    pre-activation GELU's output, GELUs on the contiguous NHWC view, shifts and residuals added in
-    place, the heads' convs batched, batches in chunks of FAST_CPU_CHUNK members; the same
-    arithmetic as the reference up to float rounding. Outputs are NCHW either way (`encode`'s
-    features and skips are channels_last on the fast path)."""
+    On the CPU, in float32 inference with the "torch" conv backend, it runs the fast path of
+    models.unet_cpu (unless `fast_cpu` is False, see `unet_cpu.use_fast_cpu`): the same arithmetic
+    as the reference up to float rounding."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -412,12 +242,8 @@ class UNet(nn.Module):
         self.fast_cpu = True
 
     def _fast(self, x: torch.Tensor, backend: str | None) -> bool:
-        """Whether this call takes the CPU fast path (class docstring)."""
-        return (self.fast_cpu and x.device.type == "cpu" and x.dtype == torch.float32
-                and block_backend(backend, x.device) == "torch"
-                and not torch.is_autocast_enabled("cpu")
-                and not (torch.is_grad_enabled()
-                         and (x.requires_grad or any(p.requires_grad for p in self.parameters()))))
+        """Whether this call takes the CPU fast path (models.unet_cpu)."""
+        return unet_cpu.takes_fast_path(self, x, backend)
 
     @staticmethod
     def _unit(unit: Unit, h: torch.Tensor, convs: str, fast: bool,
@@ -426,10 +252,9 @@ class UNet(nn.Module):
         """`unit(h, skip, embeddings, convs)`, its residual block on the fast path if `fast`."""
         if not fast:
             return unit(h, skip, embeddings, convs)
-        h = _block_fast(unit.block, h, skip, embeddings)
-        return h if unit.attention is None else unit.attention(h)
+        return unet_cpu.unit(unit, h, skip, embeddings)
 
-    def _check(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
         cfg = self.cfg
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[-2:] != (cfg.grid, cfg.grid):
             raise ValueError(f"U-Net input has shape {tuple(x.shape)}; this network takes "
@@ -438,16 +263,16 @@ class UNet(nn.Module):
     def encode(self, x: torch.Tensor, backend: str | None = "torch"
                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Bottleneck features (after the middle block) and the skip stack."""
-        self._check(x)
+        self.check_input(x)
         convs, fast = block_backend(backend, x.device), self._fast(x, backend)
-        h = _conv_fast(self.stem, x) if fast else self.stem(x)
+        h = unet_cpu.conv(self.stem, x) if fast else self.stem(x)
         skips = [h]
         for i, level in enumerate(self.encoder):
             for unit in level:
                 h = self._unit(unit, h, convs, fast)
                 skips.append(h)
             if i < len(self.down):
-                h = _conv_fast(self.down[i], h) if fast else self.down[i](h)
+                h = unet_cpu.conv(self.down[i], h) if fast else self.down[i](h)
                 skips.append(h)
         for unit in self.middle:
             h = self._unit(unit, h, convs, fast)
@@ -470,19 +295,14 @@ class UNet(nn.Module):
                 h = self._unit(unit, h, convs, fast, skips.pop(), embeddings)
             if i < len(self.up):
                 h = self.up[i](h)
-        return _conv_fast(self.out, h, gelu=True).contiguous() if fast else self.out(F.gelu(h))
+        return unet_cpu.conv(self.out, h, gelu=True).contiguous() if fast else self.out(F.gelu(h))
 
     def _features(self, h: torch.Tensor, backend: str | None) -> list[torch.Tensor]:
-        """Each head's `features(h)`. On the fast path the heads share GELU(h) and its halo, and
-        run their convs as one: conv1 stacked, conv2 grouped."""
+        """Each head's `features(h)` (on the fast path, all heads' convs at once)."""
         heads = self.level_heads
         if not heads or not self._fast(h, backend):
             return [head.features(h) for head in heads]
-        mid = F.conv2d(_circular_pad(h, gelu=True), *_stacked(head.conv1 for head in heads))
-        mid = F.conv2d(_gelu_nhwc(mid, inplace=True), *_stacked(head.conv2 for head in heads),
-                       groups=len(heads))
-        return [F.gelu(head.fc1(m.flatten(1)))
-                for head, m in zip(heads, mid.chunk(len(heads), 1), strict=True)]
+        return unet_cpu.heads_features(heads, h)
 
     def level_logits(self, h: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
         """Each head's logits (B, head_classes) from bottleneck features (`backend` only decides
@@ -490,12 +310,12 @@ class UNet(nn.Module):
         features = self._features(h, backend)
         return [head.fc2(f) for head, f in zip(self.level_heads, features, strict=True)]
 
-    @_in_chunks
+    @unet_cpu.in_chunks
     def levels(self, x: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
         """Only the level logits: encoder, middle and heads, no decoder."""
         return self.level_logits(self.encode(x, backend)[0], backend)
 
-    @_in_chunks
+    @unet_cpu.in_chunks
     def level_estimates(self, x: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
         """Each head's argmax level (B,) int64 from encoder, middle and heads, no decoder; the
         heads' last linear and the argmax are one fused op (ops.level_argmax, `backend`), which
@@ -504,7 +324,7 @@ class UNet(nn.Module):
         return [level_argmax(f, head.fc2.weight, head.fc2.bias, backend=backend)
                 for head, f in zip(self.level_heads, features, strict=True)]
 
-    @_in_chunks
+    @unet_cpu.in_chunks
     def forward(self, x: torch.Tensor, backend: str | None = "torch"
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h, skips = self.encode(x, backend)
@@ -524,15 +344,6 @@ def find_unet(model: object) -> UNet | None:
         return model
     found = [m for m in model.modules() if isinstance(m, UNet)] if isinstance(model, nn.Module) else []
     return found[0] if len(found) == 1 else None
-
-
-def use_fast_cpu(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Let every U-Net in `model` take the CPU fast path (the default), or not (the eager NCHW
-    reference, e.g. the authors' loop as published)."""
-    for module in model.modules():
-        if isinstance(module, UNet):
-            module.fast_cpu = enabled
-    return model
 
 
 FLOP_KINDS = ("forward", "levels")

@@ -10,14 +10,9 @@ from sns_engine.config import ConfigError, from_dict, to_dict
 from sns_engine.models.emulator import Emulator
 from sns_engine.models.refiner import Refiner, RefinerOutput
 from sns_engine.models.thermalizer import Thermalizer
-from sns_engine.models.unet import (
-    UNet,
-    UNetConfig,
-    count_parameters,
-    forward_flops,
-    unet_preset,
-    use_fast_cpu,
-)
+from sns_engine.models.unet import UNet, count_parameters, forward_flops
+from sns_engine.models.unet_config import UNetConfig, unet_preset
+from sns_engine.models.unet_cpu import use_fast_cpu
 
 GRID = 32   # small-preset forwards run at 32² to stay fast; sizes are checked at 64²
 
@@ -303,9 +298,9 @@ def test_cpu_fast_path_equals_the_eager_reference(channels, monkeypatch):
     networks up to float32 rounding, on fresh random inputs and weights, for every pass of every
     wrapper. (The deeper paper-like net with attention: both paths are 1.5e-5 of its scale off
     its float64 value.)"""
-    import sns_engine.models.unet as unet_module
+    import sns_engine.models.unet_cpu as unet_cpu
 
-    monkeypatch.setattr(unet_module, "FAST_CPU_CHUNK", 2)
+    monkeypatch.setattr(unet_cpu, "FAST_CPU_CHUNK", 2)
     frames = [fresh(5, channels, GRID, GRID, seed=90 + s) for s in range(3)]
     emu = randomize(Emulator(Emulator.unet_config("small", channels, GRID)), seed=9)
     ref = randomize(Refiner(Refiner.unet_config("small", channels, GRID, num_levels=40)), seed=10)
@@ -328,11 +323,11 @@ def test_cpu_fast_path_equals_the_eager_reference(channels, monkeypatch):
 def test_cpu_fast_path_is_taken_only_for_float32_cpu_inference_with_the_torch_backend(monkeypatch):
     """Training (gradients), float64, the Triton backend and use_fast_cpu(model, False) run the
     reference; training still has its backward."""
-    import sns_engine.models.unet as unet_module
+    import sns_engine.models.unet_cpu as unet_cpu
 
     blocks = []
-    fast_block = unet_module._block_fast
-    monkeypatch.setattr(unet_module, "_block_fast", lambda *a: blocks.append(1) or fast_block(*a))
+    fast_block = unet_cpu.block
+    monkeypatch.setattr(unet_cpu, "block", lambda *a: blocks.append(1) or fast_block(*a))
     unet = randomize(UNet(Refiner.unet_config("small", 1, GRID, num_levels=20)), seed=13)
     x = fresh(2, 3, GRID, GRID, seed=130)
 
