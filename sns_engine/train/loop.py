@@ -181,6 +181,22 @@ Probe = Callable[[torch.nn.Module, CosineSchedule, torch.utils.data.Dataset, Tra
                  dict[str, Any]]
 
 
+def check_window(cfg: TrainConfig, store: TrajectoryStore) -> None:
+    """Refuse (TrainingError) a `cfg.lag` (refiner) or `cfg.unroll` (emulator) whose window of
+    frames is longer than the store's trajectories, naming the setting, the snapshot count and
+    the largest value that fits."""
+    snapshots = store.spec.snapshots
+    name, value, span = {"emulator": ("unroll", cfg.unroll, cfg.unroll + 1),
+                         "refiner": ("lag", cfg.lag, cfg.lag + 2)}.get(cfg.model, (None, 0, 1))
+    if name is not None and span > snapshots:
+        frames = "x_t−lag, x_t and x_t+1" if name == "lag" else f"{value} + 1 consecutive frames"
+        fit = value - span + snapshots
+        fix = (f"use {name}={fit} or less, or generate longer trajectories" if fit >= 1
+               else f"generate trajectories of at least {span} snapshots")
+        raise TrainingError(f"{name}={value} needs {span} snapshots per trajectory ({frames}), but "
+                            f"{store.path} has {snapshots}; {fix}")
+
+
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, device: str | None = None,
           probe: Probe | None = None) -> Path:
@@ -211,6 +227,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
 
     store = TrajectoryStore(data)
     store.check_complete()
+    check_window(cfg, store)
     system = store.spec.system_spec
     schedule = CosineSchedule(cfg.num_levels)
     config = read_config(out) or new_config(system, store.normalisation, schedule)

@@ -169,6 +169,8 @@ CASES = [
      "nothing to resume"),
     ("train: batch-size 0", "train emulator --data {ens} --out {new} --batch-size 0",
      "--batch-size: must be a positive integer"),
+    ("train: lag beyond the data", "train refiner --data {ens} --out {new} --lag 100",
+     "--lag 100 needs 102 snapshots per trajectory (x_t−lag, x_t and x_t+1), but "),
     ("train: lr -1", "train emulator --data {ens} --out {new} --lr -1", "--lr must be positive and finite"),
     ("train: val-fraction 1.5", "train emulator --data {ens} --out {new} --val-fraction 1.5",
      "--val-fraction must be in (0, 1), got 1.5"),

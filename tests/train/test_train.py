@@ -229,3 +229,17 @@ def test_bundle_records_what_ran_and_is_readable_like_a_new_file(tiny_kolmogorov
     os.umask(mask)
     for name in ("emulator.safetensors", "initial.safetensors", "train/emulator.safetensors"):
         assert (tmp_path / "b" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+@pytest.mark.parametrize("model,setting,message", [
+    ("refiner", {"lag": 100}, "lag=100 needs 102 snapshots per trajectory (x_t−lag, x_t and x_t+1), "
+                              "but {data} has 40; use lag=38 or less, or generate longer trajectories"),
+    ("emulator", {"unroll": 40}, "unroll=40 needs 41 snapshots per trajectory (40 + 1 consecutive "
+                                 "frames), but {data} has 40; use unroll=39 or less")])
+def test_a_window_longer_than_the_data_is_refused_before_any_work(tiny_kolmogorov, tmp_path, model,
+                                                                   setting, message):
+    with pytest.raises(TrainingError) as refused:
+        train(TrainConfig(model=model, steps=1, batch_size=2, **setting), tiny_kolmogorov,
+              tmp_path / "b", quiet=True)
+    assert str(refused.value).startswith(message.format(data=tiny_kolmogorov))
+    assert not (tmp_path / "b").exists()
