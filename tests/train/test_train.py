@@ -243,3 +243,14 @@ def test_a_window_longer_than_the_data_is_refused_before_any_work(tiny_kolmogoro
               tmp_path / "b", quiet=True)
     assert str(refused.value).startswith(message.format(data=tiny_kolmogorov))
     assert not (tmp_path / "b").exists()
+
+
+def test_heads_of_another_schedule_are_refused_before_any_work(tiny_kolmogorov, tiny_bundle):
+    """The tiny bundle's schedule has N = 20 levels (its first model's): a refiner of 1000 would
+    train and then never load."""
+    before = (tiny_bundle / "config.json").read_text()
+    with pytest.raises(TrainingError, match=r"num_levels=1000 differs from the N = 20 levels of the "
+                                            r"bundle .*; use num_levels=20 or another out="):
+        train(TrainConfig(model="refiner", steps=1, batch_size=2, lag=10), tiny_kolmogorov,
+              tiny_bundle, overwrite=True, quiet=True)
+    assert (tiny_bundle / "config.json").read_text() == before
