@@ -346,9 +346,9 @@ def test_ctrl_c_during_rollout(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sns_engine.cli", "rollout", "--batch", "1",
                              "--steps", "100000", "--path", "emulator", "--quiet", "--out", str(out)],
                             env=ENV, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not out.exists() and time.time() < deadline:
+    try:  # interrupt once the rollout is stepping: its first resume checkpoint exists
+        deadline = time.time() + 180
+        while not (out / "engine.safetensors").exists() and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
