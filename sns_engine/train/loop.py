@@ -227,22 +227,22 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
 
     store = TrajectoryStore(data)
     store.check_complete()
-    check_window(cfg, store)
     system = store.spec.system_spec
     schedule = CosineSchedule(cfg.num_levels)
     config = read_config(out) or new_config(system, store.normalisation, schedule)
     check_compatible(config, system, str(data))
-    levels = config.get("schedule", {}).get("num_levels", cfg.num_levels)
-    if cfg.model != "emulator" and levels != cfg.num_levels:  # its heads read the bundle's levels
-        raise TrainingError(f"num_levels={cfg.num_levels} differs from the N = {levels} levels of "
-                            f"the bundle {out} (its schedule, set by its first model); use "
-                            f"num_levels={levels} or another out=")
     tensors_file, record_file = checkpoint_paths(out, cfg.model)
     if resume and not record_file.exists():
         raise TrainingError(f"nothing to resume: {record_file} does not exist; drop --resume")
     if not resume and (cfg.model in config["models"] or record_file.exists()) and not overwrite:
         raise TrainingError(f"{out} already has a {cfg.model}; pass --resume to continue its "
                             "training or --overwrite to train it anew")
+    check_window(cfg, store)
+    levels = config.get("schedule", {}).get("num_levels", cfg.num_levels)
+    if cfg.model != "emulator" and levels != cfg.num_levels:  # its heads read the bundle's levels
+        raise TrainingError(f"num_levels={cfg.num_levels} differs from the N = {levels} levels of "
+                            f"the bundle {out} (its schedule, set by its first model); use "
+                            f"num_levels={levels} or another out=")
     initial = initial_snapshots(store) if rank == 0 and INITIAL not in config else None
 
     task = TASKS[cfg.model]
