@@ -297,7 +297,7 @@ def _raising(error: BaseException):
      "sns-engine rollout: error: unexpected KeyError: 'levels' (rerun with --debug for the traceback)"),
 ])
 def test_machine_failures_are_one_line(ws, monkeypatch, command, error, status, message):
-    monkeypatch.setattr(cli, f"cmd_{command}", _raising(error))
+    monkeypatch.setattr(cli.commands, f"cmd_{command}", _raising(error))
     argv = {"train": "train emulator --data {ens} --out {new}", "rollout": "rollout --out {new}",
             "data": "data kolmogorov --out {new}"}[command]
     got, err = run(argv.split(), **ws)
@@ -312,9 +312,9 @@ def test_writer_failure_names_the_disk_error(ws, monkeypatch):
         except OSError as err:
             raise RuntimeError("writing ens.zarr failed: [Errno 28] No space left on device") from err
 
-    monkeypatch.setattr(cli, "cmd_rollout", full)
+    monkeypatch.setattr(cli.commands, "cmd_rollout", full)
     assert run(["rollout", "--out", "x.zarr"])[1].endswith("error: no space left on device writing x.zarr\n")
-    monkeypatch.setattr(cli, "cmd_evaluate", full)
+    monkeypatch.setattr(cli.commands, "cmd_evaluate", full)
     assert run(["evaluate", "e.zarr", "--reference", "r.zarr", "-o", "report.json"])[1].endswith(
         "error: no space left on device writing report.json\n")
 
