@@ -4,9 +4,8 @@ generate_data, train, calibrate, evaluate.
 Each checks its arguments before any work and raises a ValueError naming the bad one (a TypeError
 too for a wrong type); long calls show a progress bar unless `quiet=True`. Each imports its
 machinery on first use, so `import sns_engine` stays cheap. No function changes the objects it is
-handed (a loaded Bundle stays as it was), and the backend of the fused ops is chosen per call.
-Each computes with the torch threads `sns_engine.threads` chooses (as the CLI does; `rollout`
-takes `threads=`), restoring the caller's setting when it returns.
+handed (a loaded Bundle stays as it was), and the backend of the fused ops is chosen per call,
+the torch threads too (sns_engine.threads, as the CLI; the caller's setting is restored).
 """
 
 from __future__ import annotations
@@ -86,14 +85,12 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         default the first multiple at or above 50 (default None)
     member_offset: id of the first member; a member's noise is keyed by its id (default 0)
     quiet: no progress bar (default False)
-    threads: torch threads for this call, the caller's setting restored after it; None: one per
-        process on a machine with at most 2 cores (the fastest there when other work shares the
-        cores), else the cores shared among the node's ranks (sns_engine.threads) (default None)
+    threads: torch threads for this call (the caller's restored after it); None: one per process
+        on a machine of ≤ 2 cores, else its cores shared among the node's ranks (default None)
     Rollout settings:
     """
     check_type("batch", batch, int)
-    for name, value in (("bundle", bundle), ("out", out), ("initial", initial)):
-        config.check_path(name, value)
+    config.check_paths(bundle=bundle, out=out, initial=initial)
     check_type("member_offset", member_offset, int)
     if batch <= 0:
         raise ConfigError(f"batch must be positive, got {batch}")
@@ -321,8 +318,7 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
 
     cfg = TrainConfig(**{k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__})
     check_device(device)
-    for name, value in (("data", data), ("out", out)):
-        config.check_path(name, value)
+    config.check_paths(data=data, out=out)
     check_type("walk_probe", walk_probe, bool)
     probe = training_probe() if walk_probe and model == "refiner" else None
     return _train(cfg, data, out, resume=resume, overwrite=overwrite, quiet=quiet, device=device,
@@ -399,7 +395,6 @@ def evaluate(ensemble: str | Path, reference: str | Path, *, windows: int = 4, t
     from sns_engine.diagnostics.evaluate import evaluate as _evaluate
 
     check_type("partial", partial, bool)
-    for name, value in (("ensemble", ensemble), ("reference", reference)):
-        config.check_path(name, value)
+    config.check_paths(ensemble=ensemble, reference=reference)
     return _evaluate(ensemble, reference, windows=windows, threshold=threshold, max_lag=max_lag,
                      sample=sample, partial=partial)

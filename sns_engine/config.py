@@ -155,6 +155,12 @@ def check_path(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must not be an empty path, got {value!r}; name a file or folder")
 
 
+def check_paths(**paths: Any) -> None:
+    """`check_path` of each named path argument."""
+    for name, value in paths.items():
+        check_path(name, value)
+
+
 def check_device(device: Any) -> None:
     """Raise ConfigError unless `device` (a name, a torch.device or None = automatic) is the CPU or
     a CUDA device this machine has."""
