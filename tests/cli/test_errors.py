@@ -345,7 +345,9 @@ def test_ctrl_c_during_rollout(tmp_path):
     out = tmp_path / "e.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "sns_engine.cli", "rollout", "--batch", "1",
                              "--steps", "100000", "--path", "emulator", "--quiet", "--out", str(out)],
-                            env=ENV, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background inherits SIGINT ignored: undo that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:  # interrupt once the rollout is stepping: its first resume checkpoint exists
         deadline = time.time() + 180
         while not (out / "engine.safetensors").exists() and time.time() < deadline:
