@@ -128,3 +128,29 @@ def test_percent_of_gemm_is_kept_and_shown():
     fast = next(line for line in lines if "fast" in line)
     assert "(75% of GEMM)" in fast and "2.00× vs reference" in fast
     assert "of GEMM" not in next(line for line in lines if line.startswith("gemm"))
+
+
+def test_second_baseline_and_limit():
+    """The engine against the authors' loop, the same loop calling our network, and the step's
+    network passes alone: speed ratios to both baselines, time over the limit's, each on its line."""
+    group = "left_down, kolmogorov, cpu, batch=16"
+    records = [_record("authors_loop[left_down, kolmogorov, cpu, batch=16]", group, 2.0, member_steps=16,
+                       baseline=True),
+               _record("masked_loop[left_down, kolmogorov, cpu, batch=16]", group, 1.2, member_steps=16,
+                       second_baseline=True),
+               _record("engine[left_down, kolmogorov, cpu, batch=16]", group, 1.0, member_steps=16),
+               _record("network[left_down, kolmogorov, cpu, batch=16]", group, 0.8, member_steps=16,
+                       limit=True)]
+    rows = {row["name"].split("[")[0]: row for row in report.summarize(records)}
+    engine = rows["engine"]
+    assert engine["ratio"] == pytest.approx(2.0) and engine["vs"] == "authors_loop"
+    assert engine["ratio2"] == pytest.approx(1.2) and engine["vs2"] == "masked_loop"
+    assert engine["over_limit"] == pytest.approx(1.25) and engine["limit_name"] == "network"
+    assert rows["masked_loop"]["ratio2"] is None and rows["network"]["over_limit"] is None
+    assert rows["authors_loop"]["over_limit"] == pytest.approx(2.5)
+    lines = report.table(report.summarize(records))
+    assert max(map(len, lines)) <= report.WIDTH
+    at = next(i for i, line in enumerate(lines) if line.startswith("engine["))
+    assert lines[at].endswith("2.00× vs authors_loop")
+    assert lines[at + 1].strip() == "1.20× vs masked_loop, time 1.25× network"
+    assert lines[at + 1].index("1.20×") == lines[at].index("2.00×")
