@@ -187,14 +187,21 @@ def check_device(device: Any) -> None:
 WALKS = ("ddpm", "ddim")               # reverse step of a walk: ancestral (the authors') or η = 0
 LONG_FRAMES = ("initial", "lagged")    # the refiner's long-lag frame at rollout
 
+# the authors' network as the paper counts it (73,727,522 parameters: their
+# ModernUnetDoubleRegressor_plus without attention; docs/method.md §Network): 64 → 128·256·512,
+# two blocks per level, heads conv → 16 ch → linear N+1 → linear N+1, decoder conditioned
+# through N+1-wide level embeddings
+_PAPER: dict[str, Any] = dict(hidden=64, channel_mults=(2, 2, 2), blocks_per_level=2,
+                              attention_levels=(), mid_attention=False, attention_heads=1,
+                              head_channels=16, head_hidden=None, level_embedding=None)
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    # the authors' network as the paper counts it (73,727,522 parameters: their
-    # ModernUnetDoubleRegressor_plus without attention; docs/method.md §Network): 64 → 128·256·512,
-    # two blocks per level, heads conv → 16 ch → linear N+1 → linear N+1, decoder conditioned
-    # through N+1-wide level embeddings
-    "paper": dict(hidden=64, channel_mults=(2, 2, 2), blocks_per_level=2, attention_levels=(),
-                  mid_attention=False, attention_heads=1, head_channels=16, head_hidden=None,
-                  level_embedding=None),
+    "paper": _PAPER,
+    # the authors' QG models (docs/method.md §Network, QG): emulator and Thermalizer as `paper`,
+    # the refiner 128 → 256·512·1024 with their attention between the middle blocks
+    # (CT/Training/Train_SNS_QG_config.py: 238,509,540 parameters by their count). "models"
+    # holds per-model fields over the shared ones (unet_preset's `model`)
+    "qg-paper": dict(_PAPER, models={"refiner": dict(hidden=128, mid_attention=True,
+                                                     attention="authors")}),
     # CPU-sized: 8 → 16·32·64, one block per level, no attention, heads and level embeddings
     # 64 wide (an (N+1)² layer alone would be 1 M parameters)
     "small": dict(hidden=8, channel_mults=(2, 2, 2), blocks_per_level=1, attention_levels=(),
@@ -212,8 +219,8 @@ class TrainConfig:
     """Hyper-parameters of one training run (defaults: the authors' code, docs/method.md §Training)."""
 
     model: str = _field("refiner", "the model to train: emulator, refiner or thermalizer")
-    preset: str = _field("small", "U-Net size: small (CPU-sized) or paper (the authors' refiner, "
-                                  "73.7 M parameters)")
+    preset: str = _field("small", "U-Net size: small (CPU-sized), paper (the authors' refiner, "
+                                  "73.7 M parameters) or qg-paper (their QG refiner, 238.5 M)")
     steps: int = _field(2000, "optimizer steps")
     batch_size: int = _field(64, "training samples per optimizer step (over all ranks)")
     lr: float = _field(5e-5, "AdamW learning rate")

@@ -25,7 +25,8 @@ class Emulator(nn.Module):
     @staticmethod
     def unet_config(preset: str, channels: int, grid: int, num_levels: int = 1000) -> UNetConfig:
         """The U-Net config of an emulator for `channels`-channel frames (num_levels unused)."""
-        return unet_preset(preset, channels, channels, grid, heads=0, num_levels=num_levels)
+        return unet_preset(preset, channels, channels, grid, heads=0, num_levels=num_levels,
+                           model="emulator")
 
     def forward(self, x: torch.Tensor, backend: str | None = "torch") -> torch.Tensor:
         return x + self.unet(x, backend=backend)[0]

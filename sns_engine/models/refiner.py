@@ -48,7 +48,7 @@ class Refiner(nn.Module):
     def unet_config(preset: str, channels: int, grid: int, num_levels: int = 1000) -> UNetConfig:
         """The U-Net config of a refiner for `channels`-channel frames and N = num_levels."""
         return unet_preset(preset, 3 * channels, 2 * channels, grid, heads=2,
-                           num_levels=num_levels, condition_decoder=True)
+                           num_levels=num_levels, condition_decoder=True, model="refiner")
 
     def forward(self, long: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
                 backend: str | None = "torch") -> RefinerOutput:

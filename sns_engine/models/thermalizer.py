@@ -29,7 +29,8 @@ class Thermalizer(nn.Module):
     @staticmethod
     def unet_config(preset: str, channels: int, grid: int, num_levels: int = 1000) -> UNetConfig:
         """The U-Net config of a Thermalizer for `channels`-channel frames and N = num_levels."""
-        return unet_preset(preset, channels, channels, grid, heads=1, num_levels=num_levels)
+        return unet_preset(preset, channels, channels, grid, heads=1, num_levels=num_levels,
+                           model="thermalizer")
 
     def forward(self, x: torch.Tensor, backend: str | None = "torch"
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,11 +96,14 @@ class UNetConfig:
 
 
 def unet_preset(name: str, in_channels: int, out_channels: int, grid: int, heads: int = 0,
-                num_levels: int = 1000, condition_decoder: bool = False) -> UNetConfig:
-    """The named preset (config.UNET_PRESETS: "paper" or "small") for the given channels, grid
-    and level heads."""
+                num_levels: int = 1000, condition_decoder: bool = False,
+                model: str | None = None) -> UNetConfig:
+    """The named preset (config.UNET_PRESETS: "paper", "qg-paper" or "small") for the given
+    channels, grid and level heads; `model` (emulator, refiner, thermalizer) picks the preset's
+    fields for that model where it has its own (qg-paper's refiner)."""
     if name not in UNET_PRESETS:
         raise ConfigError(f"unknown U-Net preset {name!r}; choose one of {sorted(UNET_PRESETS)}")
+    fields = dict(UNET_PRESETS[name])
+    fields |= fields.pop("models", {}).get(model, {})
     return UNetConfig(in_channels=in_channels, out_channels=out_channels, grid=grid, heads=heads,
-                      head_classes=num_levels + 1, condition_decoder=condition_decoder,
-                      **UNET_PRESETS[name])
+                      head_classes=num_levels + 1, condition_decoder=condition_decoder, **fields)

@@ -9,6 +9,7 @@ level 0 and argmax = their class + 1. The paper-size mapping is checked on the m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -17,6 +18,7 @@ import torch
 
 from sns_engine.authors import AuthorsCheckpointError, import_authors, map_state, read_authors
 from sns_engine.bundle import load_bundle
+from sns_engine.models.refiner import Refiner
 from sns_engine.models.unet import count_parameters
 
 from . import theirs as T
@@ -129,6 +131,20 @@ def test_paper_size_refiner_maps_tensor_for_tensor(attention, params):
     mine = sum(p.numel() for p in ours.model.parameters())             # frozen: not "trainable"
     assert mine == params - sum(net.state_dict()[k].numel() for k in norms)
     assert len(norms) == (0 if attention == "none" else 2 * 6)   # 2 + 3 blocks at 16², 1 middle
+
+
+def test_their_qg_refiner_is_the_qg_paper_preset():
+    """Their QG config (hidden 128, attention in the middle; meta device) has 238,509,540
+    parameters and imports as our qg-paper refiner with their N-class heads, GroupNorm aside."""
+    cfg = refiner_config(2, "qg", hidden=128, grid=64, classes=1000)
+    with torch.device("meta"):
+        net = T.ModernUnetDoubleRegressor_plus(cfg)
+    assert count_parameters(net) == 238_509_540
+    ours = map_state(T.sns_state_dict(net, 1000), "refiner", 64).model
+    preset = Refiner.unet_config("qg-paper", 2, 64)
+    assert ours.unet.cfg == dataclasses.replace(preset, head_classes=1000, label_offset=1)
+    mine = sum(p.numel() for p in ours.parameters())                   # frozen: not "trainable"
+    assert count_parameters(net) - mine == 2 * 1024                     # middle.attn.norm
 
 
 def test_refused_checkpoints_name_the_tensors(tmp_path):

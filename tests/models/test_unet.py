@@ -76,6 +76,30 @@ def test_paper_preset_size_and_shapes_on_meta(channels):
         assert abs(count_parameters(model) / PAPER_PARAMETERS - 1) < 1e-3
 
 
+QG_PAPER_PARAMETERS = 238_509_540   # the authors' count of their QG refiner (Train_SNS_QG_config)
+
+
+def test_qg_paper_preset_is_the_authors_qg_refiner_on_meta():
+    """qg-paper: the refiner 128 → 256·512·1024 with their attention in the middle only; with their
+    N-class heads it has their count less the GroupNorm their attention never applies (2 × 1024);
+    ours adds the clean class. Emulator and Thermalizer are the `paper` ones, as theirs for QG."""
+    cfg = Refiner.unet_config("qg-paper", 2, 64)
+    assert cfg.hidden == 128 and cfg.level_channels == (256, 512, 1024)
+    assert (cfg.attention_levels, cfg.mid_attention, cfg.attention) == ((), True, "authors")
+    with torch.device("meta"):
+        model = Refiner(cfg)
+        theirs = Refiner(dataclasses.replace(cfg, head_classes=1000, label_offset=1))
+        out = model(*(torch.empty(2, 2, 64, 64) for _ in range(3)))
+    assert out.eps_x.shape == (2, 2, 64, 64) and out.logits_y.shape == (2, 1001)
+    assert count_parameters(theirs) + 2 * 1024 == QG_PAPER_PARAMETERS
+    # clean class: +6 099 per head, +2 002 per embedding linear (4), +1 per output channel of the
+    # 4 embedding maps of every decoder block (Σ C = 4 480)
+    clean_class = 2 * (4096 + 1 + 2 * 1001) + 4 * 2 * 1001 + 4 * 4480
+    assert count_parameters(model) == count_parameters(theirs) + clean_class == 238_545_618
+    for kind in (Emulator, Thermalizer):
+        assert kind.unet_config("qg-paper", 2, 64) == kind.unet_config("paper", 2, 64)
+
+
 def test_decoder_reads_the_level_heads():
     """ModernUnetDoubleRegressor_plus: changing a head's logits changes ε̂ (and only the
     decoder reads them); the emulator and Thermalizer decoders are not conditioned."""
