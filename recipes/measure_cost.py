@@ -1,15 +1,19 @@
 """Measure what can be measured without a GPU and write the `expected_cost` of the paper recipes.
 
     OMP_NUM_THREADS=1 JAX_PLATFORMS=cpu python recipes/measure_cost.py   # rewrites recipes/*-paper.json
+    python recipes/measure_cost.py --flops-only   # after a model change: the timings stay
 
-Measured here (CPU): FLOPs of the paper U-Nets (torch.utils.flop_counter.FlopCounterMode on meta
-tensors: the exact operation count, nothing computed), reference-solver steps per second, host
-seconds to assemble one training batch, and evaluation spectra per second. Every H200 time is
-derived from those and the named ASSUMPTIONS below; nothing else enters.
+Measured here (CPU): FLOPs of each recipe's U-Nets (its train preset; torch.utils.flop_counter.
+FlopCounterMode on meta tensors: the exact operation count, nothing computed), reference-solver
+steps per second, host seconds to assemble one training batch, and evaluation spectra per second.
+Every H200 time is derived from those and the named ASSUMPTIONS below; nothing else enters.
+`--flops-only` recounts the FLOPs and keeps the timings the recipe already records (they do not
+depend on the U-Nets), so a busy machine's timing noise does not enter.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -21,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sns_engine.data import FrameWindows, TrajectoryStore, store_spec
+from sns_engine.data import FrameWindows, TrajectoryStore
 from sns_engine.diagnostics.evaluate import field_spectra
+from sns_engine.generation import store_spec
 from sns_engine.models import build_model, model_unet_config
 from sns_engine.study import StudyConfig, load_recipe
 from sns_engine.systems import get_system
@@ -50,15 +55,17 @@ ASSUMPTIONS = {
     "thermalizer_active_fraction": {
         "value": 1.0, "why": "every member thermalized (start 10 → stop 4) every step: upper bound"},
 }
+TIMINGS = ("solver_steps_per_second_cpu", "host_batch_seconds", "spectra_per_second_cpu", "machine")
 TICKS = {"emulator": lambda n: 0, "left_down": lambda n: 2 * n, "diagonal": lambda n: n,
          "fix_short": lambda n: n}
 
 
-def model_tflop(kind: str, channels: int, grid: int, batch: int, train_unroll: int = 0) -> float:
+def model_tflop(kind: str, preset: str, channels: int, grid: int, batch: int,
+                train_unroll: int = 0) -> float:
     """TFLOP of one forward (train_unroll = 0) or one training step (forward through
-    `train_unroll` chained calls + backward) of the paper `kind` at `batch`."""
+    `train_unroll` chained calls + backward) of model `kind` of U-Net `preset` at `batch`."""
     with torch.device("meta"):
-        model = build_model(kind, model_unet_config(kind, "paper", channels, grid))
+        model = build_model(kind, model_unet_config(kind, preset, channels, grid))
         frames = [torch.randn(batch, channels, grid, grid)
                   for _ in range(3 if kind == "refiner" else 1)]
     counter = FlopCounterMode(display=False)
@@ -111,35 +118,44 @@ def host_measurements(system: str, folder: Path, offsets: dict[str, tuple[int, .
     return batch_seconds, fields.shape[0] * fields.shape[1] / (time.perf_counter() - start)
 
 
-def expected_cost(recipe: Path, folder: Path) -> dict:
+def expected_cost(recipe: Path, folder: Path, timings: dict | None = None) -> dict:
+    """The recipe's `expected_cost`; `timings` (the TIMINGS of an earlier measurement) are
+    reused instead of timed anew."""
     cfg = StudyConfig(**load_recipe(recipe))
     channels = 2 if cfg.system == "qg" else 1
     solver = get_system(cfg.system, cfg.preset, **cfg.overrides)
     tflops = ASSUMPTIONS["sustained_bf16_tflops"]["value"]
+    kinds = ("emulator", "refiner", "thermalizer")
+    preset = {k: cfg.train_config(k).preset for k in kinds}
+    unroll = {"emulator": cfg.train_config("emulator").unroll, "refiner": 1, "thermalizer": 1}
     measured = {
-        "forward_tflop_batch64": {k: model_tflop(k, channels, 64, 64)
-                                  for k in ("emulator", "refiner", "thermalizer")},
-        "train_step_tflop_batch64": {
-            "emulator": model_tflop("emulator", channels, 64, 64, cfg.train_config("emulator").unroll),
-            "refiner": model_tflop("refiner", channels, 64, 64, 1),
-            "thermalizer": model_tflop("thermalizer", channels, 64, 64, 1)},
-        "solver_steps_per_second_cpu": solver_steps_per_second(cfg.system),
+        "forward_tflop_batch64": {k: model_tflop(k, preset[k], channels, 64, 64) for k in kinds},
+        "train_step_tflop_batch64": {k: model_tflop(k, preset[k], channels, 64, 64, unroll[k])
+                                     for k in kinds},
     }
-    lag, unroll = cfg.train_config("refiner").lag, cfg.train_config("emulator").unroll
-    offsets = {"emulator": tuple(range(unroll + 1)), "refiner": (-lag, 0, 1), "thermalizer": (0,)}
-    measured["host_batch_seconds"], measured["spectra_per_second_cpu"] = host_measurements(
-        cfg.system, folder, offsets)
+    if timings is None:
+        measured["solver_steps_per_second_cpu"] = solver_steps_per_second(cfg.system)
+        lag = cfg.train_config("refiner").lag
+        offsets = {"emulator": tuple(range(unroll["emulator"] + 1)), "refiner": (-lag, 0, 1),
+                   "thermalizer": (0,)}
+        measured["host_batch_seconds"], measured["spectra_per_second_cpu"] = host_measurements(
+            cfg.system, folder, offsets)
+        measured["machine"] = (f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable "
+                               f"core(s) shared with other jobs (load average "
+                               f"{os.getloadavg()[0]:.1f}: rates are pessimistic), torch "
+                               f"{torch.__version__}")
+    else:
+        measured |= {k: timings[k] for k in TIMINGS}
     measured["how"] = (
-        "FLOPs: FlopCounterMode over the paper U-Nets on meta tensors at batch 64 (forward; "
-        "training = forward through the emulator's 4-step unroll or one forward, then backward; "
-        "the loss arithmetic, elementwise, is left out). Solver: one trajectory of the paper "
-        "preset after a warm-up, timed with perf_counter. Host batch: train.loop.sample_batch of 64 "
-        "items (emulator windows, refiner triples, single frames) from a FrameWindows of random "
-        "64² fields, mean of 20. Spectra: "
-        "diagnostics.evaluate.field_spectra on 128 random fields.")
-    measured["machine"] = (f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable core(s) "
-                           f"shared with other jobs (load average {os.getloadavg()[0]:.1f}: rates "
-                           f"are pessimistic), torch {torch.__version__}")
+        f"FLOPs: FlopCounterMode over the recipe's U-Nets (train preset {preset['refiner']}) on "
+        "meta tensors at batch 64 (forward; training = forward through the emulator's 4-step "
+        "unroll or one forward, then backward; the loss arithmetic, elementwise, is left out). "
+        "Solver: one trajectory of the paper preset after a warm-up, timed with perf_counter. Host "
+        "batch: train.loop.sample_batch of 64 items (emulator windows, refiner triples, single "
+        "frames) from a FrameWindows of random 64² fields, mean of 20. Spectra: "
+        "diagnostics.evaluate.field_spectra on 128 random fields."
+        + ("" if timings is None else " Timings from an earlier run (`machine`); FLOPs recounted "
+                                      "with --flops-only."))
 
     stages = {}
     total_steps = sum(n * (solver.params.spinup_steps + t * solver.params.steps_per_snapshot)
@@ -202,11 +218,16 @@ def expected_cost(recipe: Path, folder: Path) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flops-only", action="store_true",
+                        help="recount the FLOPs; keep the timings each recipe already records")
+    flops_only = parser.parse_args().flops_only
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("kolmogorov-paper.json", "qg-paper.json"):
             path = RECIPES / name
             recipe = json.loads(path.read_text())
-            recipe["expected_cost"] = expected_cost(path, Path(tmp))
+            timings = recipe["expected_cost"]["measured"] if flops_only else None
+            recipe["expected_cost"] = expected_cost(path, Path(tmp), timings)
             path.write_text(json.dumps(recipe, indent=2, ensure_ascii=False) + "\n")
             print(name, recipe["expected_cost"]["summary"])
             for stage, cost in recipe["expected_cost"]["stages"].items():

@@ -7,8 +7,11 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from sns_engine.cli import main
+from sns_engine.models import model_unet_config
+from sns_engine.models.unet import UNet, forward_flops
 from sns_engine.study import METHODS, SOLVER, StudyConfig, StudyError, load_recipe, parse_method
 from sns_engine.study.checksums import RECORD
 from sns_engine.study.config import slug
@@ -186,11 +189,19 @@ def test_methods_parse_and_bad_ones_are_named():
         StudyConfig(**base, rollout={"steps": 3})
 
 
-@pytest.mark.parametrize("name", ["kolmogorov-paper.json", "qg-paper.json"])
-def test_paper_recipes_are_valid_studies(name):
+@pytest.mark.parametrize("name,unets", [("kolmogorov-paper.json", "paper"), ("qg-paper.json", "qg-paper")])
+def test_paper_recipes_are_valid_studies(name, unets):
     kwargs = load_recipe(RECIPES / name)
     cfg = StudyConfig(**kwargs)
     assert cfg.preset == "paper" and set(cfg.methods) == set(METHODS)
     train = cfg.train_config("refiner")
     assert (train.preset, train.lr, train.weight_decay, train.batch_size, train.grad_clip,
-            train.ema_decay) == ("paper", 5e-5, 0.05, 64, 1.0, 0.999)
+            train.ema_decay) == (unets, 5e-5, 0.05, 64, 1.0, 0.999)
+    # its expected cost counts its own U-Nets (recipes/measure_cost.py --flops-only after a change)
+    channels = 2 if cfg.system == "qg" else 1
+    measured = json.loads((RECIPES / name).read_text())["expected_cost"]["measured"]
+    for kind in ("emulator", "refiner", "thermalizer"):
+        with torch.device("meta"):
+            unet = UNet(model_unet_config(kind, cfg.train_config(kind).preset, channels, 64))
+        assert measured["forward_tflop_batch64"][kind] == pytest.approx(
+            64 * forward_flops(unet) / 1e12, rel=1e-9)
