@@ -357,9 +357,10 @@ def calibrate(bundle: str | Path | None, data: str | Path, *, samples: int = 32,
     from sns_engine import calibration
     from sns_engine.walk_bias import walk_bias as _walk_bias
 
-    for name, value, kind in (("samples", samples, int), ("seed", seed, int), ("save", save, bool),
+    for name, value, kind in (("samples", samples, int), ("save", save, bool),
                               ("walk_bias", walk_bias, bool), ("walk_bias_frames", walk_bias_frames, int)):
         check_type(name, value, kind)
+    config.check_seed("seed", seed)
     if walk_bias and walk_bias_frames < 2:
         raise ConfigError(f"walk_bias_frames must be ≥ 2, got {walk_bias_frames}")
     bundle = DEFAULT_BUNDLE if bundle is None else bundle

@@ -91,11 +91,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
     missing = store.incomplete() if store.is_ensemble else None
     if missing and not args.partial:
         raise StoreError(f"{missing}, or pass partial=True to plot what it has written")
-    if missing and args.kind == "all":  # its evaluation reads the whole store
-        raise StoreError(f"{missing}; plot all needs a finished store (plot spectrum or snapshots "
-                         "take partial=True, evaluate too)")
     out = plots.plot_command(args.kind, Path(args.store), Path(args.output),
-                             reference=args.reference and Path(args.reference))
+                             reference=args.reference and Path(args.reference), partial=args.partial)
     if not args.quiet:
         print("wrote", ", ".join(str(p) for p in out))
 

@@ -128,9 +128,11 @@ def report_figures(report: dict[str, Any], folder: Path, u: Units | None = None)
     return write_figures({folder / name: fig for name, fig in report_figure_set(report, u).items()})
 
 
-def plot_command(kind: str, store: Path, output: Path, reference: Path | None = None) -> list[Path]:
+def plot_command(kind: str, store: Path, output: Path, reference: Path | None = None,
+                 partial: bool = False) -> list[Path]:
     """What `sns-engine plot` does: spectrum or snapshots of a store, or `all` evaluation figures
-    into the folder `output`. Inputs are checked and every figure is built before any is written."""
+    into the folder `output` (`partial`: of the steps an unfinished ensemble store has written).
+    Inputs are checked and every figure is built before any is written."""
     data = TrajectoryStore(store)
     ref = TrajectoryStore(reference) if reference else None
     if ref is not None:
@@ -142,6 +144,7 @@ def plot_command(kind: str, store: Path, output: Path, reference: Path | None = 
     if ref is None:
         raise ValueError("plot all needs --reference (the solver store to compare with)")
     figures = {output / "snapshots.png": snapshot_figure(data)}
-    for name, fig in report_figure_set(evaluate(store, reference), store_units(data)).items():
+    report = evaluate(store, reference, partial=partial)
+    for name, fig in report_figure_set(report, store_units(data)).items():
         figures[output / name] = fig
     return write_figures(figures)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sns_engine.config import RolloutConfig, TrainConfig, from_dict
+from sns_engine.config import SEED_LIMIT, RolloutConfig, TrainConfig, from_dict
 from sns_engine.diffusion.paths import get_path
 
 METHODS = ("emulator", "thermalizer", "left_down", "diagonal", "fix_short")
@@ -127,6 +127,9 @@ class StudyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise StudyError(f"study {name} must be a positive integer, got {value!r}")
+        if type(self.seed) is not int or not 0 <= self.seed < SEED_LIMIT - 2:
+            raise StudyError(f"study seed must be an integer in [0, 2**32 − 2) (the reference and "
+                             f"control stores use seed + 1 and seed + 2), got {self.seed!r}")
         if not 0 < self.calibration_quantile < 1:
             raise StudyError(f"calibration_quantile must lie in (0, 1), got {self.calibration_quantile}")
         labels = [m.strip() for m in self.methods]

@@ -158,6 +158,11 @@ CASES = [
      "error: --seed must be below 2**32 = 4294967296, got 4294967296"),
     ("train: seed -5", "train emulator --data {ens} --out {new} --seed -5",
      "error: --seed must be 0 or more, got -5"),
+    ("calibrate: seed -5", "calibrate --data {ens} --seed -5 --out {new}",
+     "error: --seed must be 0 or more, got -5"),
+    ("study: seed -5", "study kolmogorov --out {new} --seed -5",
+     "error: study --seed must be an integer in [0, 2**32 − 2) (the reference and control stores use "
+     "seed + 1 and seed + 2), got -5"),
     ("data into a rollout store", "data kolmogorov --trajectories 1 --snapshots 2 --out {ens}",
      "was made with"),
     # train
@@ -210,7 +215,9 @@ def test_bad_input_is_one_line(ws, argv, phrase):
     "data kolmogorov --seed -5 --trajectories 1 --snapshots 2 --out {out}",
     "data qg --set dt=inf --trajectories 1 --snapshots 2 --out {out}",
     "rollout --seed -5 --batch 1 --steps 1 --path emulator --out {out}",
-    "train emulator --data {ens} --out {out} --seed -5 --steps 1"])
+    "train emulator --data {ens} --out {out} --seed -5 --steps 1",
+    "calibrate --data {ens} --seed -5 --out {out}",
+    "study kolmogorov --seed -5 --out {out}"])
 def test_refused_before_any_work_leaves_nothing(ws, tmp_path, argv):
     status, err = run(argv.split(), out=str(tmp_path / "out.zarr"), ens=str(ws["ens"]))
     assert status == 2 and len(err.strip().splitlines()) == 1
