@@ -175,12 +175,13 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
                              torch.stack(levels, 1), torch.stack(moves, 1), eng.stats)
 
     def open_store(may_exist: bool):
+        files = bundle.checksums(["emulator", *([model] if denoiser is not None else [])],
+                                 initial=initial is None)
         return ensemble_writer.create_ensemble_store(
-            out, bundle.system, bundle.normalisation, cfg, batch, time_chunk=16, resume=may_exist,
-            overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk,
+            out, bundle.system, bundle.normalisation, cfg, everyone.tolist(), time_chunk=16,
+            resume=may_exist, overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk,
             perturb=perturbation(initial, perturb),
-            bundle_files=bundle.checksums(["emulator", *([model] if denoiser is not None else [])],
-                                          initial=initial is None))
+            bundle={"name": Path(bundle.path).name, "files": files})
 
     store = open_store(resume) if shard.rank == 0 else None
     shard.barrier()  # rank 0 has created (or checked) the store
@@ -189,17 +190,17 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         saved_state = ensemble_writer.load_checkpoint(store, shard.rank)
         if saved_state is not None:
             eng.load_state(*saved_state)
-    writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step, shard.rows)
+    writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step,
+                                            shard.rows, initial=eng.x)
     announce()
     drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
         store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet,
         on_step=watch)
     writer.close(eng.flags, eng.flagged_at)
     shard.barrier()
-    root = store.root
     return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),
-                         torch.from_numpy(root["levels"][shard.rows]).long(),
-                         torch.from_numpy(root["moves"][shard.rows]).long(), eng.stats)
+                         torch.from_numpy(store.per_step("levels", shard.rows)).long(),
+                         torch.from_numpy(store.per_step("moves", shard.rows)).long(), eng.stats)
 
 
 def _heads_watch(calibration: dict[str, Any] | None):

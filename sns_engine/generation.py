@@ -54,7 +54,7 @@ def generate(system: System, out: str | Path, trajectories: int, snapshots: int,
     try:
         _run_blocks(system, store, bar)
     except SolverDivergedError as err:
-        store.root.attrs["failed"] = str(err)
+        store.update_attrs(failed=str(err))
         raise StoreError(f"{err}; {store.path} is left incomplete and marked failed (training refuses "
                          "it): rerun with other settings and --overwrite to replace it, or delete "
                          "it") from err

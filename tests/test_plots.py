@@ -9,8 +9,9 @@ import pytest
 
 from sns_engine import plots
 from sns_engine.data import TrajectoryStore
+from sns_engine.data.cf import UNITS
 from sns_engine.data.store import StoreError, StoreSpec
-from sns_engine.systems import _CLASSES, SYSTEMS, UNITS
+from sns_engine.systems import _CLASSES, SYSTEMS
 
 QG_INVERSION = {"length": 1e6, "f1": 4e-9, "f2": 4e-10}
 

@@ -1,18 +1,28 @@
-"""Chunked Zarr stores of solver trajectories, written as the solver runs and resumable after a kill.
+"""Chunked Zarr stores of solver trajectories and rollout ensembles, written as they run and
+resumable after a kill; each opens in xarray as CF-described data (`xarray.open_zarr(path)`).
 
-Layout of a store (zarr format 3, opens in xarray):
+Layout of a store (zarr format 3, consolidated metadata, CF attributes from `sns_engine.data.cf`):
 
     fields      (trajectory, time, channel, y, x) float32, chunks (1, time_chunk, C, H, W): one
-                trajectory's time chunk is one atomic chunk write
-    time        (time,) physical time of each snapshot after spin-up
-    seed        (trajectory,) the seed each trajectory was started from
-    progress    (block,) snapshots finished per block of trajectories; the last thing written
-                (an ensemble store: per rank's block of members, written by the rollout after
-                each flush of its states, so it records how far a killed or running rollout got)
-    solver_state/b{block}/t{time}/...   the solver state after `time` snapshots (to resume)
+                trajectory's time chunk is one atomic chunk write. An ensemble store's first
+                dimension is `member`, and its time 0 holds the members' initial states
+    time, x, y, channel   coordinates: model time (an ensemble's from its initial state, a
+                solver's from the end of spin-up), grid point positions, channel names
+    trajectory / member   coordinate: trajectory index, or member id
+    seed        (trajectory,) the seed each trajectory was started from (solver stores)
+    progress    (block,) states finished per block of trajectories (an ensemble store: per
+                rank's block of members); the last thing written
+    solver_state/b{block}/t{done}/...   the solver's (or the rollout engine's) state after `done`
+                states, to resume
     attrs["sns_engine"]   identity (`StoreSpec`: system, preset, every parameter, sizes, seed, version)
     attrs["normalisation"]  per-channel mean and std, written when the store is complete
     attrs["failed"]       why the generation stopped (solver divergence), until a rerun finishes it
+    attrs: Conventions, title, source (the package and version), history, date_created
+
+An ensemble store (sns_engine.engine.writer) adds per-step arrays on the same time axis. Stores of
+format 1 (sns_engine 0.2 to 0.3.0: no t = 0 state, `levels`/`moves` on a `step` dimension, the
+engine's checkpoint in engine*.safetensors) are read through `t0`, `per_step` and
+`flagged_steps`; resuming one is refused.
 
 Readers refuse an unfinished store (`check_complete`: a solver store without normalisation, an
 ensemble store whose progress is short of its steps); `written` is how far every trajectory got.
@@ -23,15 +33,17 @@ Crash safety: a new store is built in a scratch folder and renamed into place, s
 either nothing or a whole empty store. Then for each chunk the order is data → solver state →
 progress, and zarr's local store writes every file atomically, so after a kill -9 `progress` always
 points at a complete solver state and all data before it. Rerunning the same generation continues
-from there.
+from there. Attributes change only through `update_attrs`, which consolidates the metadata again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +52,9 @@ import numpy as np
 import zarr
 
 from sns_engine._version import __version__
+from sns_engine.data import cf
 
-FORMAT = 1
-FIELDS_DIMS = ("trajectory", "time", "channel", "y", "x")
+FORMAT = 2  # 1: sns_engine 0.2 to 0.3.0 (see the module docstring)
 
 
 class StoreError(ValueError):
@@ -196,7 +208,8 @@ class TrajectoryStore:
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"{self.path} is not a sns_engine store (no zarr.json); "
                              "generate one first")
-        self.root = zarr.open_group(str(self.path), mode=mode)
+        # the files, not the consolidated metadata: resume states come and go under solver_state
+        self.root = zarr.open_group(str(self.path), mode=mode, use_consolidated=False)
         attrs = self.root.attrs.get("sns_engine")
         if attrs is None or "fields" not in self.root:
             raise StoreError(f"{self.path} is a Zarr group but not a sns_engine store "
@@ -204,18 +217,22 @@ class TrajectoryStore:
         if attrs.get("format", 0) > FORMAT:
             raise StoreError(f"{self.path} has store format {attrs['format']}, newer than this "
                              f"sns_engine ({__version__}) reads ({FORMAT}); upgrade sns_engine")
+        self.format: int = attrs.get("format", 0)
         self.spec = StoreSpec.from_attrs(attrs)
         self.fields: zarr.Array = self.root["fields"]
 
     # ----------------------------------------------------------------------------- creation
     @classmethod
     def create(cls, path: str | Path, spec: StoreSpec, overwrite: bool = False,
-               extend: Callable[[zarr.Group], None] | None = None) -> TrajectoryStore:
+               extend: Callable[[zarr.Group], None] | None = None,
+               members: Sequence[int] | None = None) -> TrajectoryStore:
         """Create an empty store for `spec`, or reopen a matching one to resume.
 
-        An existing store made with a different spec is an error unless `overwrite` is set; a path
-        that is not a sns_engine store is always refused and never deleted (`remove_ours`). A new
-        store is built in a scratch folder (`extend` may add arrays and attributes to it) and
+        With `members` (their ids) it is an ensemble store: a `member` dimension and a t = 0 slot
+        for the initial states. An existing store made with a different spec is an error unless
+        `overwrite` is set; a path that is not a sns_engine store is always refused and never
+        deleted (`remove_ours`). A new store is built in a scratch folder (`extend` may add arrays,
+        named in `cf.VARIABLES`, and attributes to it), described (CF attributes), consolidated and
         renamed into place, so `path` never holds a half-made store, whenever the process is killed.
         """
         path = Path(path)
@@ -229,33 +246,66 @@ class TrajectoryStore:
             return existing
         building = path.parent / f"{path.name}.creating"
         remove_ours(path, building)  # the store to overwrite; a scratch folder of a killed run
-        root = cls._build(building, spec)
+        root = cls._build(building, spec, members)
         if extend is not None:
             extend(root)
+        u = cf.units(spec.system, spec.channel_names)
+        for name, array in root.arrays():
+            array.attrs.update(cf.attributes(name, u, members is not None))
+        _consolidate(building)
         # a directory, so not files.atomic_write: its fixed scratch name is how a rerun finds (and
         # `remove_ours` deletes) the folder of a killed run, and a folder cannot replace another
         building.rename(path)
         return cls(path, mode="r+")
 
     @staticmethod
-    def _build(path: Path, spec: StoreSpec) -> zarr.Group:
-        """Write an empty store for `spec` at `path` (a scratch folder renamed into place after)."""
+    def _build(path: Path, spec: StoreSpec, members: Sequence[int] | None) -> zarr.Group:
+        """Write an empty store for `spec` at `path` (a scratch folder renamed into place after):
+        a solver store, or with `members` an ensemble store (see `create`)."""
         root = zarr.open_group(str(path), mode="w")
-        c, g = spec.channels, spec.grid
-        root.create_array("fields", shape=(spec.trajectories, spec.snapshots, c, g, g),
+        c, g, n = spec.channels, spec.grid, spec.trajectories
+        ensemble = members is not None
+        who = "member" if ensemble else "trajectory"
+        times = spec.snapshot_dt * (np.arange(spec.snapshots + 1) if ensemble
+                                    else np.arange(1, spec.snapshots + 1))
+        root.create_array("fields", shape=(n, len(times), c, g, g),
                           chunks=(1, spec.time_chunk, c, g, g), dtype="float32",
-                          fill_value=np.nan, dimension_names=FIELDS_DIMS)
-        time = root.create_array("time", shape=(spec.snapshots,), dtype="float64",
-                                 dimension_names=("time",))
-        time[:] = spec.snapshot_dt * np.arange(1, spec.snapshots + 1)
-        seeds = root.create_array("seed", shape=(spec.trajectories,), dtype="uint64",
-                                  dimension_names=("trajectory",))
-        seeds[:] = [trajectory_seed(spec.seed, i) for i in range(spec.trajectories)]
+                          fill_value=np.nan, dimension_names=(who, "time", "channel", "y", "x"))
+        offset = cf.units(spec.system, spec.channel_names).grid_offset
+        positions = (np.arange(g) + offset) * spec.domain_length / g
+        coordinates = {who: np.asarray(members if ensemble else range(n), dtype=np.int64),
+                       "time": times, "channel": np.array(spec.channel_names, dtype=object),
+                       "y": positions, "x": positions}
+        if not ensemble:
+            coordinates["seed"] = np.array([trajectory_seed(spec.seed, i) for i in range(n)],
+                                           dtype=np.uint64)
+        for name, values in coordinates.items():
+            array = root.create_array(name, shape=values.shape, dtype=str if name == "channel"
+                                      else values.dtype, dimension_names=(
+                                          "trajectory" if name == "seed" else name,))
+            array[:] = values
         root.create_array("progress", shape=(spec.blocks,), chunks=(1,), dtype="int64",
                           fill_value=-1, dimension_names=("block",))
         root.require_group("solver_state")
-        root.attrs["sns_engine"] = spec.to_attrs()
+        now = _now()
+        root.attrs.update({
+            "Conventions": "CF-1.10",
+            "title": f"{spec.system}/{spec.preset} " + ("ensemble rolled out by sns_engine" if ensemble
+                                                        else "solver trajectories"),
+            "source": f"sns_engine {__version__}",
+            "history": f"{now} created by sns_engine {__version__}",
+            "date_created": now,
+            "sns_engine": spec.to_attrs()})
         return root
+
+    def update_attrs(self, **attrs: Any) -> None:
+        """Set the store's attributes (None deletes one), then consolidate its metadata again."""
+        for key, value in attrs.items():
+            if value is not None:
+                self.root.attrs[key] = value
+            elif key in self.root.attrs:
+                del self.root.attrs[key]
+        _consolidate(self.path)
 
     # ----------------------------------------------------------------------------- progress
     def progress(self, block: int) -> int:
@@ -271,13 +321,44 @@ class TrajectoryStore:
         """Whether a rollout wrote this store (sns_engine.engine.writer), not a solver."""
         return "rollout" in self.root.attrs
 
+    @property
+    def save_every(self) -> int:
+        """Physical steps per stored state (1 for a solver store)."""
+        return self.root.attrs.get("rollout", {}).get("save_every", 1)
+
+    @property
+    def t0(self) -> int:
+        """Index along `fields`' time of the first state after time 0: 1 in an ensemble store that
+        holds its initial states at t = 0, else 0 (solver stores, ensemble stores of format 1)."""
+        return self.fields.shape[1] - self.spec.snapshots
+
+    def per_step(self, name: str, rows: slice = slice(None)) -> np.ndarray:
+        """An ensemble store's per-step array `name` ("levels" or "moves") of the members `rows`,
+        (members, steps, …) in the order of the physical steps, whatever the store's format."""
+        values = np.asarray(self.root[name][rows])
+        if self.format < 2:  # (member, step, …)
+            return values
+        values = values[:, 1:]  # (member, time, substep, …): no step leads to t = 0
+        return values.reshape(values.shape[0], -1, *values.shape[3:])
+
+    def flagged_steps(self) -> np.ndarray:
+        """(members,) the physical step (0-based) at which each member was flagged and frozen, −1
+        if never (a solver store: −1 for all), whatever the store's format."""
+        if "flagged_at" not in self.root:
+            return np.full(self.spec.trajectories, -1, dtype=np.int64)
+        values = np.asarray(self.root["flagged_at"][:])
+        if self.format < 2:  # the step itself
+            return values.astype(np.int64)
+        step_dt = self.spec.snapshot_dt / self.save_every  # flagged_at = (step + 1)·step_dt
+        return np.where(np.isfinite(values), np.rint(values / step_dt) - 1, -1).astype(np.int64)
+
     def written(self) -> int:
         """Snapshots written of every trajectory: all of them in a finished store."""
         if not self.is_ensemble:
             return self.spec.snapshots if "normalisation" in self.root.attrs else max(
                 int(self.root["progress"][:].min()), 0)
         progress = np.asarray(self.root["progress"][:])
-        if (progress < 0).all():  # written before the rollout recorded its progress
+        if self.format < 2 and (progress < 0).all():  # sns_engine ≤ 0.2.0 recorded none
             return self._checkpointed()
         return max(int(progress.min()), 0)
 
@@ -295,13 +376,13 @@ class TrajectoryStore:
         for file in files:
             with safe_open(str(file), framework="numpy") as f:
                 steps.append(int(f.get_tensor("next_step")))
-        return min(steps) // self.root.attrs["rollout"].get("save_every", 1)
+        return min(steps) // self.save_every
 
     def incomplete(self) -> str | None:
         """None for a finished store, else what it lacks and how to finish it (one line)."""
         spec = self.spec
         if self.is_ensemble:
-            done, every = self.written(), self.root.attrs["rollout"].get("save_every", 1)
+            done, every = self.written(), self.save_every
             if done >= spec.snapshots:
                 return None
             return (f"{self.path} is incomplete: {done * every} of {spec.snapshots * every} rollout "
@@ -360,16 +441,26 @@ class TrajectoryStore:
         count = n * self.spec.snapshots * self.spec.grid**2
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-        self.root.attrs["normalisation"] = {"mean": mean.tolist(), "std": std.tolist()}
-        if "failed" in self.root.attrs:
-            del self.root.attrs["failed"]
         if "solver_state" in self.root:
             del self.root["solver_state"]
+        self.update_attrs(normalisation={"mean": mean.tolist(), "std": std.tolist()}, failed=None)
 
     @property
     def normalisation(self) -> dict[str, list[float]]:
         self.check_complete()
         return self.root.attrs["normalisation"]
+
+
+def _now() -> str:
+    """The time now, UTC, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _consolidate(path: Path) -> None:
+    """Write the store's consolidated metadata (xarray opens it from one file, without warning)."""
+    with warnings.catch_warnings():  # that zarr format 3 has no consolidated metadata spec yet
+        warnings.filterwarnings("ignore", "Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
 
 
 def _check_same_spec(path: Path, old: StoreSpec, new: StoreSpec) -> None:

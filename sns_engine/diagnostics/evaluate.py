@@ -131,8 +131,9 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     point estimates use all values). `sample` bounds the reference snapshots read per trajectory
     (memory and time stay small). The solver's autocorrelation is taken at the ensemble's lag
     times (every `save_every`-th reference snapshot); it is left out when the ensemble's interval
-    is not a whole number of reference intervals. `start` skips the ensemble store's first
-    snapshots (a solver control store holds the members' initial state first).
+    is not a whole number of reference intervals. The initial states an ensemble store holds at
+    t = 0 are not evaluated; `start` skips the store's first snapshots after them (a solver
+    control store holds the members' initial state first).
 
     An unfinished ensemble store (a rollout killed, failed or still running; `TrajectoryStore.
     incomplete`) is refused, saying how far it got; with `partial` only its written snapshots are
@@ -141,9 +142,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     missing = ens.incomplete() if ens.is_ensemble else None
     written = ens.written() if missing else ens.spec.snapshots
     if missing and not partial:
-        save_every = ens.root.attrs["rollout"].get("save_every", 1)
-        raise StoreError(f"{missing}, or pass partial=True to evaluate the {written * save_every} "
-                         "steps written")
+        raise StoreError(f"{missing}, or pass partial=True to evaluate the "
+                         f"{written * ens.save_every} steps written")
     for key in ("system", "grid", "channels"):
         if getattr(ens.spec, key) != getattr(ref.spec, key):
             raise StoreError(f"{ensemble} has {key}={getattr(ens.spec, key)!r} but the reference "
@@ -177,10 +177,9 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     if t <= 0:
         raise StoreError(f"{missing}; it has no written snapshot to evaluate yet")
     dt = ens.spec.snapshot_dt
-    flags = np.asarray(ens.root["flags"][:]) if "flags" in ens.root else np.zeros(n, int)
-    flagged_at = (np.asarray(ens.root["flagged_at"][:]) if "flagged_at" in ens.root
-                  else np.full(n, -1))  # in model steps, save_every of them per saved state
-    save_every = ens.root.attrs.get("rollout", {}).get("save_every", 1)
+    flagged_at = ens.flagged_steps()  # in model steps, save_every of them per saved state
+    save_every = ens.save_every
+    first = ens.t0 + start  # index in ens.fields of the first snapshot evaluated
     draws = intervals.resample(n, resamples, seed)
     ref_atoms = [intervals.quantile_atoms(ref_values[:, :, c].reshape(1, -1), atoms * n)[0]
                  for c in range(ref.spec.channels)]
@@ -197,8 +196,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     per_member: list[dict[str, dict[str, list[float]]]] = []  # per window: metric, curve → (n,)
     bounds = np.linspace(0, t, min(windows, t) + 1).round().astype(int)
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        data = torch.from_numpy(np.asarray(ens.fields[:, start + lo:start + hi])).double()
         curves = _all_shells(ens.spec, data)[1]
+        data = torch.from_numpy(np.asarray(ens.fields[:, first + lo:first + hi])).double()
         resolved = {c: v[..., keep] for c, v in curves.items()}
         ratio = {c: v.sum(-1) * dk / ref_energy_mean[c] for c, v in curves.items()}  # (n, T_w)
         member_error[:, lo:hi] = torch.stack([spectra.log_spectrum_error(resolved[c], ref_spectra[c])
@@ -230,8 +229,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
             "energy_ratio": {c: float(_worst(v.mean())) for c, v in member_energy.items()},
             "w1": w1,
             "rate_of_change": float(roc.mean()),
-            "flagged": float(np.mean((flags != 0) & (flagged_at >= 0)
-                                     & (flagged_at < (start + hi) * save_every))),
+            "flagged": float(np.mean((flagged_at >= 0) & (flagged_at < (start + hi) * save_every))),
             "mean_spectra": {c: v.mean(0).tolist() for c, v in member_spectra.items()},
             "interval": {
                 "spectrum_error": {c: intervals.interval(boot[c]["all"]) for c in curve_names},
@@ -272,8 +270,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     aligned = stride >= 1 and math.isclose(stride * ref.spec.snapshot_dt, dt, rel_tol=1e-6)
     lags = min(max_lag, t - 1, (t_ref - 1) // stride) if aligned else 0
     if lags >= 1:  # both autocorrelations at the ensemble's lag times
-        acf_ens = statistics.autocorrelation(torch.from_numpy(np.asarray(ens.fields[:, start:written])),
-                                             lags)
+        acf_ens = statistics.autocorrelation(
+            torch.from_numpy(np.asarray(ens.fields[:, first:ens.t0 + written])), lags)
         ref_window = np.asarray(ref.fields[:, :min(t_ref, stride * max(4 * lags, t)):stride])
         acf_ref = statistics.autocorrelation(torch.from_numpy(ref_window), lags)
         tau_ens = statistics.decorrelation_time(acf_ens, dt)
@@ -293,8 +291,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
                   for c, v in series.items()}}
     if "levels" in ens.root:
         steps = written * save_every  # physical steps of the written snapshots
-        levels = np.asarray(ens.root["levels"][:, :steps])
-        moves = np.asarray(ens.root["moves"][:, :steps])
+        levels = ens.per_step("levels")[:, :steps]
+        moves = ens.per_step("moves")[:, :steps]
         report["levels"] = {name: _histogram(levels[..., i]) for i, name in enumerate(("n_x", "n_y"))}
         report["moves"] = {**_histogram(moves), "mean": float(moves[moves >= 0].mean())
                            if (moves >= 0).any() else None}

@@ -1,23 +1,26 @@
-"""Streaming an ensemble to a Zarr store from a writer thread, plus the engine's resume checkpoint.
+"""Streaming an ensemble to a Zarr store from a writer thread; the engine's resume checkpoint.
 
 An ensemble store is a trajectory store (sns_engine.data.store) whose trajectories are the
-members, in physical units, with extra per-step arrays:
+members (dimension `member`, coordinate: their ids), in physical units, with the members' initial
+states at t = 0 and, on the same `time` axis (state i at i·save_every physical steps):
 
-    levels      (trajectory, step, 2) int16   estimated (n̂_x, n̂_y), −1 where not estimated
-    moves       (trajectory, step) int16      refinement forwards spent
-    flags       (trajectory,) int32           divergence flags (engine.reference)
-    flagged_at  (trajectory,) int64           physical step of the flag, −1 if none
-    engine.safetensors + attrs["engine"]      the resume checkpoint (states, flags, next step)
+    levels      (member, time, substep, estimate) int16  estimated (n̂_x, n̂_y) of the save_every steps
+                                              that led to the state at `time`, −1 where not estimated
+    moves       (member, time, substep) int16 refinement forwards spent on those steps
+    flags       (member, time) int32          divergence flags of each state (engine.rules bits): a
+                                              flagged member is frozen at its last good state
+    flagged_at  (member,) float64             time at which the member's step was rejected, NaN if never
+    solver_state/b{rank}/t{i}/...             the engine's resume checkpoint after saved state i
     attrs["rollout"]                          the RolloutConfig, plus "perturb": the relative
                                               amplitude of the initial-state perturbation
-    attrs["bundle"]                           SHA-256 of each bundle file the rollout reads; a
-                                              resume with another bundle is refused
-    progress    (rank,) int64                 saved states on disk per rank's block of members
-                                              (written at each flush): how far the rollout got
+    attrs["bundle"]                           the bundle's name and the SHA-256 of each file the
+                                              rollout reads; a resume with another bundle is refused
+    progress    (rank,) int64                 saved states of each rank's block of members whose
+                                              checkpoint is on disk: how far the rollout got
 
 The rollout loop hands over device tensors; they are copied into pinned host buffers (on CUDA)
-and written by one background thread, `time_chunk` saves per chunk write, so the GPU never waits
-for the disk and memory stays bounded whatever the number of steps.
+and written by one background thread a time chunk at a time (aligned with the chunks on disk),
+so the GPU never waits for the disk and memory stays bounded whatever the number of steps.
 """
 
 from __future__ import annotations
@@ -25,123 +28,146 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import zarr
-from safetensors.torch import load_file, save_file
 
 from sns_engine.config import to_dict
-from sns_engine.data.store import StoreSpec, SystemSpec, TrajectoryStore, foreign
-from sns_engine.files import atomic_write
-
-CHECKPOINT = "engine.safetensors"  # engine-r{rank}.safetensors for rank > 0 of a sharded run
+from sns_engine.data.store import StoreError, StoreSpec, SystemSpec, TrajectoryStore, foreign
+from sns_engine.engine.rules import NOISE_LIMIT, NONFINITE, OUT_OF_BOUND
 
 
 def create_ensemble_store(out: str | Path, system: SystemSpec, normalisation: dict[str, Any],
-                          cfg, members: int, time_chunk: int, resume: bool, overwrite: bool,
-                          member_chunk: int | None = None, perturb: float = 0.0,
-                          bundle_files: dict[str, str] | None = None) -> TrajectoryStore:
-    """The ensemble store for `members` members of `cfg` (a RolloutConfig) of `system` (the
-    bundle's), storing every save_every-th step; reopened to resume.
+                          cfg, members: Sequence[int], time_chunk: int, resume: bool,
+                          overwrite: bool, member_chunk: int | None = None, perturb: float = 0.0,
+                          bundle: dict[str, Any] | None = None) -> TrajectoryStore:
+    """The ensemble store of the members with ids `members` rolled out with `cfg` (a
+    RolloutConfig) of `system` (the bundle's), storing every save_every-th step; reopened to resume.
 
     Per-member arrays are chunked by `member_chunk` members (default: all), so ranks that own
     disjoint, chunk-aligned member ranges never write the same chunk. `perturb` (the initial
-    states' perturbation amplitude) is recorded with `cfg`, `bundle_files` (file name → SHA-256
-    of the bundle files the rollout reads) as attrs["bundle"]. A resume is refused, naming the
-    setting in the API's words, unless the store was made with the same settings, members and
-    bundle. Only a sns_engine store is ever replaced or continued (TrajectoryStore.create refuses
-    anything else)."""
-    member_chunk = member_chunk or members
+    states' perturbation amplitude) is recorded with `cfg`, `bundle` ({"name", "files": file name
+    → SHA-256 of the bundle files the rollout reads}) as attrs["bundle"]. A resume is refused,
+    naming the setting in the API's words, unless the store was made by this store format with the
+    same settings, members and bundle. Only a sns_engine store is ever replaced or continued
+    (TrajectoryStore.create refuses anything else)."""
+    count = len(members)
+    member_chunk = member_chunk or count
+    saves = cfg.steps // cfg.save_every
     saved = dataclasses.replace(system, snapshot_dt=system.snapshot_dt * cfg.save_every)
-    spec = StoreSpec.of(saved, trajectories=members, snapshots=cfg.steps // cfg.save_every,
-                        seed=cfg.seed, trajectory_batch=member_chunk,  # a progress entry per rank
-                        time_chunk=min(time_chunk, max(cfg.steps // cfg.save_every, 1)))
+    spec = StoreSpec.of(saved, trajectories=count, snapshots=saves, seed=cfg.seed,
+                        trajectory_batch=member_chunk,  # a progress entry per rank
+                        time_chunk=min(time_chunk, saves + 1))
     out = Path(out)
     record = {**to_dict(cfg), "perturb": perturb}
+    bundle = bundle or {"name": None, "files": {}}
     if out.exists() and not resume and not overwrite and foreign(out) is None:
         raise FileExistsError(f"{out} exists; pass resume=True to continue it or overwrite=True "
                               "to replace it")
     if out.exists() and resume and foreign(out) is None and (out / "zarr.json").is_file():
         _check_resumable(TrajectoryStore(out), record, members, member_chunk, saved,
-                         normalisation, bundle_files)
+                         normalisation, bundle)
 
     def add_rollout_arrays(root: zarr.Group) -> None:
-        root.create_array("levels", shape=(members, cfg.steps, 2), chunks=(member_chunk, time_chunk, 2),
-                          dtype="int16", fill_value=-1, dimension_names=("trajectory", "step", "pair"))
-        root.create_array("moves", shape=(members, cfg.steps), chunks=(member_chunk, time_chunk),
-                          dtype="int16", fill_value=-1, dimension_names=("trajectory", "step"))
-        root.create_array("flags", shape=(members,), chunks=(member_chunk,), dtype="int32",
-                          dimension_names=("trajectory",))
-        root.create_array("flagged_at", shape=(members,), chunks=(member_chunk,), dtype="int64",
-                          fill_value=-1, dimension_names=("trajectory",))
+        rows, times, every = (member_chunk,), (spec.time_chunk,), cfg.save_every
+        shape = (count, saves + 1)
+        root.create_array("levels", shape=(*shape, every, 2), chunks=(*rows, *times, every, 2),
+                          dtype="int16", fill_value=-1,
+                          dimension_names=("member", "time", "substep", "estimate"))
+        root.create_array("moves", shape=(*shape, every), chunks=(*rows, *times, every),
+                          dtype="int16", fill_value=-1, dimension_names=("member", "time", "substep"))
+        root.create_array("flags", shape=shape, chunks=(*rows, *times), dtype="int32",
+                          fill_value=-1, dimension_names=("member", "time"))
+        root.create_array("flagged_at", shape=(count,), chunks=rows, dtype="float64",
+                          fill_value=np.nan, dimension_names=("member",))
+        root.create_array("substep", shape=(every,), dtype="int64",
+                          dimension_names=("substep",))[:] = np.arange(every)
+        root.create_array("estimate", shape=(2,), dtype=str,
+                          dimension_names=("estimate",))[:] = np.array(["n_x", "n_y"], dtype=object)
+        for name in ("levels", "moves"):  # CF: the value that means "none"
+            root[name].attrs["_FillValue"] = -1
+        root["flags"].attrs.update(flag_masks=[NONFINITE, OUT_OF_BOUND, NOISE_LIMIT],
+                                   flag_meanings="non_finite out_of_bound noise_limit")
         root.attrs["normalisation"] = normalisation
         root.attrs["rollout"] = record
-        root.attrs["bundle"] = bundle_files or {}
+        root.attrs["bundle"] = bundle
 
-    store = TrajectoryStore.create(out, spec, overwrite=overwrite and not resume,
-                                   extend=add_rollout_arrays)
-    return store
+    return TrajectoryStore.create(out, spec, overwrite=overwrite and not resume,
+                                  extend=add_rollout_arrays, members=members)
 
 
-def _check_resumable(store: TrajectoryStore, record: dict[str, Any], members: int, member_chunk: int,
-                     system: SystemSpec, normalisation: dict[str, Any],
-                     bundle_files: dict[str, str] | None) -> None:
+def _check_resumable(store: TrajectoryStore, record: dict[str, Any], members: Sequence[int],
+                     member_chunk: int, system: SystemSpec, normalisation: dict[str, Any],
+                     bundle: dict[str, Any]) -> None:
     """Refuse (FileExistsError) to continue `store` with other settings, members, system or bundle
-    than it was made with, naming the first difference as the rollout's parameter."""
+    than it was made with, or written in an older store format, naming the first difference as
+    the rollout's parameter."""
     out, spec = store.path, store.spec
     fix = "resume with what it was made with, or pass overwrite=True to replace it or choose another out="
     if not store.is_ensemble:
         raise FileExistsError(f"{out} is a solver store, not a rollout's; choose another out=")
-    if spec.trajectories != members:
-        raise FileExistsError(f"{out} was made with batch={spec.trajectories}, not batch={members}; {fix}")
+    if store.format < 2:
+        raise FileExistsError(f"{out} was written by sns_engine {spec.to_attrs()['version']} ≤ 0.3.0 "
+                              f"in store format {store.format}, which this sns_engine reads but "
+                              "does not continue; pass overwrite=True to roll it out anew")
+    if spec.trajectories != len(members):
+        raise FileExistsError(f"{out} was made with batch={spec.trajectories}, not "
+                              f"batch={len(members)}; {fix}")
+    held = np.asarray(store.root["member"][:])
+    if not np.array_equal(held, np.asarray(members)):
+        raise FileExistsError(f"{out} holds members {held[0]}..{held[-1]}, not {members[0]}.."
+                              f"{members[-1]} (member_offset={members[0]}); {fix}")
     stored = store.root.attrs.get("rollout") or {}
     for key in sorted({*record, *stored}):
         if stored.get(key) != record.get(key):
             raise FileExistsError(f"{out} was made with {key}={stored.get(key)!r}, not "
                                   f"{key}={record.get(key)!r}; {fix}")
-    held = store.root.attrs.get("bundle")
-    files = bundle_files or {}
-    changed = sorted(name for name in {*(held or {}), *files} if (held or {}).get(name) != files.get(name))
-    if held is not None and changed:  # stores of sns_engine ≤ 0.2.0 recorded no bundle
+    held_files, files = store.root.attrs["bundle"]["files"], bundle["files"]
+    changed = sorted(name for name in {*held_files, *files} if held_files.get(name) != files.get(name))
+    if changed:
         name = changed[0]
         raise FileExistsError(f"{out} was rolled out with another bundle: its {name} had SHA-256 "
-                              f"{str(held.get(name))[:12]}…, this bundle's {str(files.get(name))[:12]}…; "
-                              "resume it with the bundle it was made with, or pass overwrite=True "
-                              "to replace it or choose another out=")
+                              f"{str(held_files.get(name))[:12]}…, this bundle's "
+                              f"{str(files.get(name))[:12]}…; resume it with the bundle it was made "
+                              "with, or pass overwrite=True to replace it or choose another out=")
     if (spec.system_spec != system or store.root.attrs.get("normalisation") != normalisation):
         raise FileExistsError(f"{out} was rolled out with a bundle of another system or "
                               "normalisation; resume it with the bundle it was made with, or pass "
                               "overwrite=True to replace it or choose another out=")
     chunk = store.root["flags"].chunks[0]  # members per rank of the run that made it
     if chunk != member_chunk:
-        ranks = -(-members // chunk)
+        ranks = -(-len(members) // chunk)
         raise FileExistsError(f"{out} was written by {ranks} rank(s) of {chunk} members; resume it "
                               f"with {ranks} (torchrun --nproc_per_node={ranks})")
-    if spec.trajectory_batch != member_chunk:  # sns_engine ≤ 0.2.0 on several ranks
-        raise FileExistsError(f"{out} was written by an older sns_engine on several ranks, which "
-                              "this version cannot resume; pass overwrite=True to roll it out anew")
 
 
 class EnsembleWriter:
-    """Background writer: `put` per physical step, `flush` before a checkpoint, `close` at the end."""
+    """Background writer: `put` per physical step, `flush` before a checkpoint, `close` at the end.
+
+    `initial` (the members' states before the first step, normalised as the engine holds them) is
+    written at t = 0 when the rollout starts at step 0."""
 
     def __init__(self, store: TrajectoryStore, scale: torch.Tensor, save_every: int, start_step: int,
-                 members: slice | None = None):
+                 members: slice | None = None, initial: torch.Tensor | None = None):
         self.store, self.save_every = store, save_every
         self.members = members or slice(0, store.spec.trajectories)  # the rows this writer owns
         self.scale = scale.cpu().numpy()[None, None]     # (1, 1, C, 1, 1)
         self.chunk = store.spec.time_chunk
+        self.start = start_step // save_every + 1        # time index of the next save
         self.saves: list[torch.Tensor] = []
         self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.save_start = start_step // save_every
-        self.step_start = start_step
+        self.flagged_to = self.start                     # time index from which flags are unwritten
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        if start_step == 0 and initial is not None:
+            self.start, self.flagged_to = 0, 0
+            self.saves.append(_to_host(initial))
 
     def put(self, states: torch.Tensor | None, levels: torch.Tensor, moves: torch.Tensor) -> None:
         """Record the next physical step; `states` (B, C, H, W) only on save steps."""
@@ -149,18 +175,18 @@ class EnsembleWriter:
         self.steps.append((_to_host(levels), _to_host(moves)))
         if states is not None:
             self.saves.append(_to_host(states))
-        if len(self.saves) >= self.chunk or len(self.steps) >= self.chunk * self.save_every:
-            self._hand_over()
+            if (self.start + len(self.saves)) % self.chunk == 0:  # a whole chunk on disk
+                self._hand_over()
 
     def flush(self, flags: torch.Tensor, flagged_at: torch.Tensor) -> None:
-        """Write everything recorded so far, wait until it is on disk, then record this rank's
-        progress (the saved states its members have on disk)."""
+        """Write everything recorded so far (on save steps only), with the flags of the states
+        written since the last flush, and wait until it is on disk."""
         self._hand_over()
-        self.queue.put(("flags", (_to_host(flags), _to_host(flagged_at)), _event()))
+        self.queue.put(("flags", (self.flagged_to, self.start, _to_host(flags), _to_host(flagged_at)),
+                        _event()))
+        self.flagged_to = self.start
         self.queue.join()
         self._raise()
-        block = self.members.start // self.store.spec.trajectory_batch
-        self.store.root["progress"][block] = self.save_start
 
     def close(self, flags: torch.Tensor, flagged_at: torch.Tensor) -> None:
         self.flush(flags, flagged_at)
@@ -168,18 +194,20 @@ class EnsembleWriter:
         self.thread.join()
 
     def _hand_over(self) -> None:
+        if not self.saves:
+            return
+        if len(self.steps) != self.save_every * (len(self.saves) - (self.start == 0)):
+            raise RuntimeError(f"{len(self.steps)} steps recorded for {len(self.saves)} saves of "
+                               f"every {self.save_every}: the writer only hands over saved steps")
         event = _event()
-        if self.saves:
-            self.queue.put(("fields", (self.save_start, self.saves), event))
-            self.save_start += len(self.saves)
-            self.saves = []
+        self.queue.put(("fields", (self.start, self.saves), event))
         if self.steps:
-            self.queue.put(("steps", (self.step_start, self.steps), event))
-            self.step_start += len(self.steps)
-            self.steps = []
+            self.queue.put(("steps", (max(self.start, 1), self.steps), event))
+        self.start += len(self.saves)
+        self.saves, self.steps = [], []
 
     def _run(self) -> None:
-        root = self.store.root
+        root, rows = self.store.root, self.members
         while (item := self.queue.get()) is not None:
             try:
                 kind, payload, event = item
@@ -188,22 +216,32 @@ class EnsembleWriter:
                 if kind == "fields":
                     start, saves = payload
                     states = np.stack([s.numpy() for s in saves], axis=1) * self.scale
-                    self.store.fields[self.members, start:start + states.shape[1]] = states.astype(np.float32)
-                elif kind == "steps":
+                    self.store.fields[rows, start:start + states.shape[1]] = states.astype(np.float32)
+                elif kind == "steps":  # (B, saves × save_every, …) → (B, saves, save_every, …)
                     start, steps = payload
-                    levels = np.stack([lv.numpy() for lv, _ in steps], axis=1).astype(np.int16)
-                    moves = np.stack([mv.numpy() for _, mv in steps], axis=1).astype(np.int16)
-                    root["levels"][self.members, start:start + levels.shape[1]] = levels
-                    root["moves"][self.members, start:start + moves.shape[1]] = moves
+                    for name, values in (("levels", [lv for lv, _ in steps]),
+                                         ("moves", [mv for _, mv in steps])):
+                        values = np.stack([v.numpy() for v in values], axis=1).astype(np.int16)
+                        values = values.reshape(values.shape[0], -1, self.save_every, *values.shape[2:])
+                        root[name][rows, start:start + values.shape[1]] = values
                 else:
-                    flags, flagged_at = payload
-                    root["flags"][self.members] = flags.numpy()
-                    root["flagged_at"][self.members] = flagged_at.numpy()
+                    self._write_flags(*payload)
             except BaseException as err:  # surfaced in the rollout thread by _raise
                 self.error = err
             finally:
                 self.queue.task_done()
         self.queue.task_done()
+
+    def _write_flags(self, lo: int, hi: int, flags: torch.Tensor, flagged_at: torch.Tensor) -> None:
+        """Flags of the states at time indices lo..hi−1 (state i follows step i·save_every − 1: a
+        member flagged at step s is frozen from state ⌈(s + 1)/save_every⌉ on) and each member's
+        flag time."""
+        flags, step = flags.numpy(), flagged_at.numpy()
+        flagged = (step[:, None] >= 0) & (step[:, None] < np.arange(lo, hi) * self.save_every)
+        root = self.store.root
+        root["flags"][self.members, lo:hi] = np.where(flagged, flags[:, None], 0).astype(np.int32)
+        step_dt = self.store.spec.snapshot_dt / self.save_every
+        root["flagged_at"][self.members] = np.where(step >= 0, (step + 1) * step_dt, np.nan)
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -227,23 +265,23 @@ def _event():
     return event
 
 
-def checkpoint_file(store: TrajectoryStore, rank: int = 0) -> Path:
-    return store.path / (CHECKPOINT if rank == 0 else f"engine-r{rank}.safetensors")
-
-
 def save_checkpoint(store: TrajectoryStore, tensors: dict[str, torch.Tensor], next_step: int,
                     rank: int = 0) -> None:
-    """Engine state after `next_step` physical steps, one atomic file (written after a flush)."""
-    payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    payload["next_step"] = torch.tensor(next_step)
-    with atomic_write(checkpoint_file(store, rank)) as tmp:
-        save_file(payload, str(tmp))
+    """Engine state after `next_step` physical steps (a saved step, written after a flush): the
+    store's resume state of block `rank` (`TrajectoryStore.save_state`), which then records the
+    rank's progress."""
+    arrays = {k: v.detach().contiguous().cpu().numpy() for k, v in tensors.items()}
+    store.save_state(rank, next_step // store.save_every, arrays)
 
 
 def load_checkpoint(store: TrajectoryStore, rank: int = 0) -> tuple[dict[str, torch.Tensor], int] | None:
-    """The saved engine state and its step, or None for a run that never checkpointed."""
-    file = checkpoint_file(store, rank)
-    if not file.exists():
+    """The saved engine state of `rank` and its step, or None for a run that never checkpointed.
+    A store of format 1 (its checkpoint in engine*.safetensors) is refused: it is not continued."""
+    if store.format < 2:
+        raise StoreError(f"{store.path} is of store format {store.format}, whose rollout this "
+                         "sns_engine does not continue; pass overwrite=True to roll it out anew")
+    done = store.progress(rank)
+    if done < 0:
         return None
-    tensors = load_file(str(file))
-    return tensors, int(tensors.pop("next_step"))
+    return ({k: torch.from_numpy(v) for k, v in store.load_state(rank).items()},
+            done * store.save_every)

@@ -1,5 +1,5 @@
 """PNG figures (matplotlib, no pyplot): every figure names its fields, units and times
-(`sns_engine.systems.units`) and is written all or nothing.
+(`sns_engine.data.cf`) and is written all or nothing.
 
     common       units and labels, reference check, count histograms, atomic writes
     fields       snapshots of every member, energy spectra over time

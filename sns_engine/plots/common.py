@@ -1,4 +1,4 @@
-"""What every figure shares: names and units of fields and times (`sns_engine.systems.units`),
+"""What every figure shares: names and units of fields and times (`sns_engine.data.cf`),
 the reference check, colour limits, count histograms, and all-or-nothing PNG writes.
 
 A nondimensional system's times read "time units" on every axis. Figures are built first and
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from sns_engine.data.cf import Units, units
 from sns_engine.data.store import StoreError, TrajectoryStore
 from sns_engine.files import atomic_write
-from sns_engine.systems import Units, units
 
 DPI = 110
 # the spectra of diagnostics.evaluate.field_spectra, by curve name: what they are, from which channel

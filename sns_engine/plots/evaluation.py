@@ -11,6 +11,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from sns_engine.data.cf import Units
 from sns_engine.data.store import TrajectoryStore
 from sns_engine.diagnostics.evaluate import evaluate
 from sns_engine.plots.common import (
@@ -29,7 +30,6 @@ from sns_engine.plots.fields import (
     snapshot_figure,
     spectrum_figure,
 )
-from sns_engine.systems import Units
 
 
 def report_figure_set(report: dict[str, Any], u: Units | None = None) -> dict[str, Figure]:

@@ -15,6 +15,7 @@ import torch
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from sns_engine.data.cf import Units
 from sns_engine.data.store import TrajectoryStore
 from sns_engine.diagnostics.evaluate import field_spectra, subsample
 from sns_engine.plots.common import (
@@ -27,7 +28,6 @@ from sns_engine.plots.common import (
     unit_suffix,
     window_label,
 )
-from sns_engine.systems import Units
 
 SNAPSHOT_MEMBERS = 16  # members shown by `snapshot_figure` at most
 
@@ -40,8 +40,8 @@ def _kind(store: TrajectoryStore) -> tuple[str, str, str]:
 
 
 def store_times(store: TrajectoryStore, idx: np.ndarray) -> np.ndarray:
-    """Physical time of the snapshots `idx` (the store's `time` array)."""
-    return np.asarray(store.root["time"][:])[idx]
+    """Physical time of the snapshots `idx` (the store's `time` array, after any t = 0 state)."""
+    return np.asarray(store.root["time"][:])[store.t0 + idx]
 
 
 def _member_grid(n: int) -> tuple[int, int]:
@@ -62,7 +62,7 @@ def snapshot_figure(store: TrajectoryStore, members: int = SNAPSHOT_MEMBERS, tim
     n = min(members, spec.trajectories)
     idx = subsample(spec.snapshots, times)
     t = store_times(store, idx)
-    data = np.asarray(store.fields[:n, idx])  # (n, times, C, H, W)
+    data = np.asarray(store.fields[:n, store.t0 + idx])  # (n, times, C, H, W)
     rows, cols = _member_grid(n)
     side = spec.domain_length / u.length_scale
     panel = 1.45 if n > 4 else 1.9
@@ -104,10 +104,11 @@ def snapshot_figure(store: TrajectoryStore, members: int = SNAPSHOT_MEMBERS, tim
 
 
 def _mean_spectra(store: TrajectoryStore, times: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
-    """Spectra averaged over all trajectories at `times`, `batch` trajectories at a time."""
+    """Spectra averaged over all trajectories at the snapshots `times` (after any t = 0 state),
+    `batch` trajectories at a time."""
     total: dict[str, np.ndarray] = {}
     for lo in range(0, store.spec.trajectories, batch):
-        fields = torch.from_numpy(np.asarray(store.fields[lo:lo + batch, times]))
+        fields = torch.from_numpy(np.asarray(store.fields[lo:lo + batch, store.t0 + times]))
         for name, value in field_spectra(store, fields).items():
             total[name] = value.numpy() if name == "k" else total.get(name, 0) + value.sum((0, 1)).numpy()
     count = store.spec.trajectories * len(times)

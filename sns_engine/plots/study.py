@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from sns_engine.data.cf import Units
 from sns_engine.data.store import TrajectoryStore
 from sns_engine.diagnostics.evaluate import subsample
 from sns_engine.plots.common import (
@@ -32,7 +33,6 @@ from sns_engine.plots.common import (
     write_figures,
 )
 from sns_engine.plots.fields import field_colormap
-from sns_engine.systems import Units
 
 FLOOR = "solver"  # the study's solver control ensemble: the floor band of every study figure
 BANDS = ("low", "mid", "high")
@@ -185,13 +185,8 @@ def _survival(reports: Mapping[str, dict[str, Any]], survival: Mapping[str, dict
 def _frozen_time(store: TrajectoryStore, member: int) -> float | None:
     """When `member` of an ensemble store was flagged (and frozen): the physical time of its
     flag step; None if it never was (or the store is solver data)."""
-    if "flagged_at" not in store.root:
-        return None
-    step = int(store.root["flagged_at"][member])
-    if step < 0:
-        return None
-    save_every = store.root.attrs.get("rollout", {}).get("save_every", 1)
-    return (step + 1) * store.spec.snapshot_dt / save_every
+    step = int(store.flagged_steps()[member])
+    return None if step < 0 else (step + 1) * store.spec.snapshot_dt / store.save_every
 
 
 def _study_snapshots(stores: Mapping[str, tuple[TrajectoryStore, int]], u: Units,
@@ -202,7 +197,8 @@ def _study_snapshots(stores: Mapping[str, tuple[TrajectoryStore, int]], u: Units
     store0, offset0 = stores[rows[0]]
     count = store0.spec.snapshots - offset0
     idx = subsample(count, times)
-    data = {label: np.asarray(s.fields[member, idx + off, 0]) for label, (s, off) in stores.items()}
+    data = {label: np.asarray(s.fields[member, s.t0 + idx + off, 0])
+            for label, (s, off) in stores.items()}
     t = (idx + 1) * store0.spec.snapshot_dt  # the methods' saved state j is (j + 1) intervals in
     limit, _ = symmetric_limit(data[FLOOR] if FLOOR in data else data[rows[0]])
     channel = next(iter(u.channels.values()))

@@ -343,6 +343,13 @@ def roll_out(cfg: StudyConfig, settings: dict[str, Any], bundle, initial: torch.
     rollout's ledger; returns its cost (`costs.rollout_cost`) with every invocation's times."""
     from sns_engine.api import rollout
 
+    from sns_engine.data.store import FORMAT, TrajectoryStore
+
+    held = TrajectoryStore(store).format if resume else FORMAT
+    if held < FORMAT:
+        raise StudyError(f"{store} was rolled out by an older sns_engine (store format {held}), "
+                         "which this one reads but does not continue; delete it and rerun the "
+                         "study to roll it out anew")
     options = {k: v for k, v in settings.items() if k != "path"}
     ledger = store.with_suffix(".invocations.json")
     with costs.invocation(ledger, _next_step(store) if resume else 0, fresh=not resume) as parts:

@@ -6,8 +6,8 @@
 A System turns seeds into spun-up solver states and advances them, returning float32 snapshots
 (B, T, C, grid, grid) laid out (trajectory, time, channel, y, x). Its state round-trips exactly
 through a dict of numpy arrays, so a generation killed mid-way resumes bit-identically.
-Each system module is imported only when asked for (Kolmogorov needs jax, QG needs pyqg);
-`units(system, channel_names)` gives the names and units figures show, without importing either.
+Each system module is imported only when asked for (Kolmogorov needs jax, QG needs pyqg); the
+names and units of their stored fields are in `sns_engine.data.cf`, which figures and stores read.
 """
 
 from __future__ import annotations
@@ -28,55 +28,6 @@ _CLASSES = {"kolmogorov": ("sns_engine.systems.kolmogorov", "KolmogorovFlow"),
 # member every step; QG when either head's class exceeds 5, i.e. our level ≥ 7.
 REFINE_ACTIVATION = {"kolmogorov": {"threshold": 0, "threshold_heads": "x"},
                      "qg": {"threshold": 7, "threshold_heads": "either"}}
-
-
-@dataclasses.dataclass(frozen=True)
-class Channel:
-    """How figures name one stored channel: symbol, description and units (as the store holds it)."""
-
-    symbol: str
-    description: str
-    units: str
-
-    @property
-    def label(self) -> str:
-        """E.g. 'q₁ upper-layer PV anomaly (1/s)'."""
-        name = " ".join(part for part in (self.symbol, self.description) if part)
-        return f"{name} ({self.units})" if self.units else name
-
-
-@dataclasses.dataclass(frozen=True)
-class Units:
-    """Display names and units of a system's stored quantities, for figures. Stores hold time and
-    length in the solver's units; figures divide them by `time_scale` / `length_scale` to show
-    `time_unit` / `length_unit`. An empty unit means nondimensional."""
-
-    channels: dict[str, Channel]
-    time_unit: str = ""
-    time_scale: float = 1.0
-    length_unit: str = ""
-    length_scale: float = 1.0
-    wavenumber_unit: str = ""  # of the solver's wavenumbers (not scaled)
-    energy_spectrum_unit: str = ""  # of E(k) per unit solver wavenumber (not scaled)
-
-
-UNITS = {
-    # nondimensional: domain [0, 2π)², ν = 1/Re (the time unit is the one of the solver's dt)
-    "kolmogorov": Units({"vorticity": Channel("ω", "vorticity", "1/time unit")}),
-    # pyqg: SI units; PV anomaly q = ∇²ψ + F(ψ' − ψ) [1/s], time [s], length [m]
-    "qg": Units({"q_upper": Channel("q₁", "upper-layer PV anomaly", "1/s"),
-                 "q_lower": Channel("q₂", "lower-layer PV anomaly", "1/s")},
-                time_unit="days", time_scale=86_400.0, length_unit="km", length_scale=1e3,
-                wavenumber_unit="rad/m", energy_spectrum_unit="m³/s²"),
-}
-
-
-def units(system: str, channel_names: Sequence[str]) -> Units:
-    """The display units of `system`; channels or systems not in UNITS get their stored name and
-    no unit."""
-    known = UNITS.get(system, Units({}))
-    channels = {n: known.channels.get(n, Channel(n, "", "")) for n in channel_names}
-    return dataclasses.replace(known, channels=channels)
 
 
 class SolverDivergedError(ValueError):

@@ -357,7 +357,7 @@ def test_ctrl_c_during_rollout(tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:  # interrupt once the rollout is stepping: its first resume checkpoint exists
         deadline = time.time() + 180
-        while not (out / "engine.safetensors").exists() and time.time() < deadline:
+        while not (out / "solver_state" / "b0").exists() and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)

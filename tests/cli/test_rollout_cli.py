@@ -15,6 +15,7 @@ import torch
 
 import sns_engine
 from sns_engine.data import TrajectoryStore
+from tests.engine.old_stores import as_format_1
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -52,7 +53,7 @@ def test_cli_rollout_evaluate_plot(tiny_bundle, tiny_kolmogorov, tmp_path):
     ens = tmp_path / "ens.zarr"
     cli("rollout", "--bundle", tiny_bundle, "--batch", 4, "--steps", 8, "--out", ens, "--quiet")
     store = TrajectoryStore(ens)
-    assert store.fields.shape == (4, 8, 1, 32, 32)
+    assert store.fields.shape == (4, 9, 1, 32, 32)  # the initial states at t = 0, then 8 steps
     assert np.isfinite(store.fields[:]).all()
     report_file = tmp_path / "report.json"
     cli("evaluate", ens, "--reference", tiny_kolmogorov, "-o", report_file, "--windows", 2, "--quiet")
@@ -81,15 +82,11 @@ def test_rollout_resumes_after_kill(tiny_bundle, tmp_path):
     kill_after = int(np.random.default_rng().integers(4, 30))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        ckpt = cut / "engine.safetensors"
-        if ckpt.exists():
-            from safetensors.torch import load_file
-
-            try:
-                if int(load_file(str(ckpt))["next_step"]) >= kill_after:
-                    break
-            except Exception:  # being replaced right now
-                pass
+        try:  # the steps whose checkpoint is on disk
+            if TrajectoryStore(cut).progress(0) >= kill_after:
+                break
+        except Exception:  # not created yet
+            pass
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -98,6 +95,7 @@ def test_rollout_resumes_after_kill(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(b.fields[:], a.fields[:])
     np.testing.assert_array_equal(b.root["levels"][:], a.root["levels"][:])
     np.testing.assert_array_equal(b.root["moves"][:], a.root["moves"][:])
+    np.testing.assert_array_equal(b.root["flags"][:], a.root["flags"][:])
 
 
 def test_two_rank_sharded_rollout_equals_single_process(tiny_bundle, tmp_path):
@@ -113,7 +111,8 @@ def test_two_rank_sharded_rollout_equals_single_process(tiny_bundle, tmp_path):
     np.testing.assert_allclose(b.fields[:], a.fields[:], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(b.root["levels"][:], a.root["levels"][:])
     assert b.root["levels"].chunks[0] == 2  # each rank owns whole chunks
-    assert (b.path / "engine.safetensors").exists() and (b.path / "engine-r1.safetensors").exists()
+    assert b.progress(0) == b.progress(1) == 5  # each rank's checkpoint, in its own group
+    assert {"b0", "b1"} <= set(b.root["solver_state"].group_keys())
 
 
 def test_default_bundle_rollout_as_documented(tmp_path):
@@ -194,11 +193,23 @@ def test_unfinished_store_is_refused_until_resumed_or_asked_for_partially(
     assert sns_engine.evaluate(ens, tiny_kolmogorov, windows=2)["complete"] is True
 
 
-def test_store_of_an_older_version_is_judged_by_its_checkpoints(tiny_bundle, tmp_path):
+def test_store_of_an_older_format_is_read_and_not_continued(tiny_bundle, tiny_kolmogorov, tmp_path):
     ens = tmp_path / "ens.zarr"
-    sns_engine.rollout(tiny_bundle, out=ens, batch=2, steps=4, path="emulator", quiet=True)
-    store = TrajectoryStore(ens, mode="r+")
-    store.root["progress"][:] = -1  # sns_engine 0.2.0 did not record progress
+    sns_engine.rollout(tiny_bundle, out=ens, batch=2, steps=4, quiet=True)
+    report = sns_engine.evaluate(ens, tiny_kolmogorov, windows=2)
+    as_format_1(ens)
+    store = TrajectoryStore(ens)
+    assert (store.format, store.t0, store.written()) == (1, 0, 4)
+    assert sns_engine.evaluate(ens, tiny_kolmogorov, windows=2) == report  # read as it was
+    assert main("plot", "snapshots", ens, "-o", tmp_path / "s.png", "--quiet") == (0, "")
+    status, err = main("rollout", "--bundle", tiny_bundle, "--out", ens, "--batch", 2, "--steps", 4,
+                       "--resume", "--quiet")
+    assert status == 2 and err == (f"sns-engine rollout: error: {ens} was written by sns_engine "
+                                   f"{sns_engine.__version__} ≤ 0.3.0 in store format 1, which this "
+                                   "sns_engine reads but does not continue; pass --overwrite to "
+                                   "roll it out anew\n")
+    # sns_engine 0.2.0 recorded no progress: its checkpoints say how far it got
+    TrajectoryStore(ens, mode="r+").root["progress"][:] = -1
     assert store.written() == 4 and store.incomplete() is None
     (ens / "engine.safetensors").unlink()
     assert store.written() == 0 and "0 of 4 rollout steps" in store.incomplete()

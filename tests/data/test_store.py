@@ -1,5 +1,6 @@
 """Store, generation and datasets on a tiny deterministic stand-in solver (real solvers: tests/cli)."""
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,12 +156,33 @@ def test_not_a_store(tmp_path):
         make(tmp_path, trajectories=0)
 
 
-def test_store_opens_in_xarray(tmp_path):
+def test_solver_store_opens_in_xarray_as_cf_data(tmp_path):
     store = make(tmp_path)
-    ds = xr.open_zarr(store.path, consolidated=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing xarray or zarr warns about
+        ds = xr.open_zarr(store.path)
     assert ds["fields"].dims == ("trajectory", "time", "channel", "y", "x")
     np.testing.assert_array_equal(ds["fields"].values, store.fields[:])
-    np.testing.assert_allclose(ds["time"].values, 0.5 * np.arange(1, 8))
+    np.testing.assert_allclose(ds["time"].values, 0.5 * np.arange(1, 8))  # after spin-up
+    np.testing.assert_array_equal(ds["trajectory"], np.arange(5))
+    assert list(ds["channel"].values) == ["a", "b"] and ds["x"].size == 8
+    assert ds.attrs["source"].startswith("sns_engine ") and ds.attrs["normalisation"]
+    assert all(var.attrs.get("long_name") for var in ds.variables.values())
+
+
+def test_qg_store_names_its_fields_and_si_units(tmp_path):
+    """The units table of the figures, written as CF attributes: seconds, metres, pyqg's cell
+    centres, the PV channels."""
+    system = SystemSpec("qg", "cpu", {}, 2, ("q_upper", "q_lower"), 4, 3600.0, 1e6)
+    spec = StoreSpec.of(system, trajectories=1, snapshots=3, seed=0, trajectory_batch=1,
+                        time_chunk=3)
+    ds = xr.open_zarr(TrajectoryStore.create(tmp_path / "qg.zarr", spec).path)
+    assert list(ds["channel"].values) == ["q_upper", "q_lower"]
+    assert ds["fields"].attrs == {"long_name": "upper-layer PV anomaly, lower-layer PV anomaly",
+                                  "units": "1/s"}
+    assert ds["time"].attrs["units"] == "s" and ds["x"].attrs["units"] == "m"
+    np.testing.assert_allclose(ds["x"], [125e3, 375e3, 625e3, 875e3])
+    np.testing.assert_allclose(ds["time"], [3600.0, 7200.0, 10800.0])
 
 
 def test_datasets_offsets_and_normalisation(tmp_path):
@@ -258,6 +280,7 @@ def test_diverged_generation_is_marked_failed_and_refused_by_readers(tmp_path):
         make(tmp_path, system=DivergingSystem(nan_at=3))
     store = TrajectoryStore(tmp_path / "s.zarr")
     assert not store.complete and "normalisation" not in store.root.attrs
+    assert "diverged" in xr.open_zarr(store.path).attrs["failed"]  # in the consolidated metadata
     assert store.progress(0) == 6 and store.progress(1) == -1  # block 0's third chunk blew up
     full = make(tmp_path, "full.zarr").fields[:]
     np.testing.assert_array_equal(store.fields[:2, :6], full[:2, :6])  # what came before is kept
@@ -268,6 +291,7 @@ def test_diverged_generation_is_marked_failed_and_refused_by_readers(tmp_path):
     # the same settings resume it (here the solver no longer blows up) and clear the mark
     resumed = make(tmp_path)
     assert resumed.complete and "failed" not in resumed.root.attrs
+    assert "failed" not in xr.open_zarr(resumed.path).attrs
     np.testing.assert_array_equal(resumed.fields[:], full)
 
 

@@ -15,6 +15,7 @@ from sns_engine.models.unet import UNet, forward_flops
 from sns_engine.study import METHODS, SOLVER, StudyConfig, StudyError, load_recipe, parse_method
 from sns_engine.study.checksums import RECORD
 from sns_engine.study.config import slug
+from tests.engine.old_stores import as_format_1
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 STUDY_FIGURES = ["autocorrelation.png", "band_errors.png", "error_over_time.png",
@@ -76,7 +77,7 @@ def check_study(out: Path, methods: list[str], curves: list[str], channels: int)
 
 @pytest.mark.slow
 def test_study_with_a_bundle_resolves_its_plan_first_and_resumes(tiny_kolmogorov, tiny_bundle,
-                                                                 tmp_path):
+                                                                 tmp_path, capsys):
     out = tmp_path / "study"
     args = ["kolmogorov", "--out", out, "--bundle", tiny_bundle, "--calibration-data",
             tiny_kolmogorov, "--set", "solver_grid=32", "--set", "output_grid=32",
@@ -148,6 +149,17 @@ def test_study_with_a_bundle_resolves_its_plan_first_and_resumes(tiny_kolmogorov
     with pytest.raises(SystemExit) as exit_info:  # other settings into the same folder: refused
         study(*args[:-1], "--members", 4, "--quiet")
     assert exit_info.value.code == 2
+
+    # a rollout store of an older sns_engine (format 1): read as it is, not continued
+    as_format_1(out / "rollouts" / "emulator.zarr")
+    (out / "reports" / "emulator.json").unlink()
+    study(*args)
+    assert {k for k, v in actions(out).items() if v == "ran"} == {"evaluate/emulator", "report"}
+    (out / "rollouts" / "emulator.json").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        study(*args)
+    assert exit_info.value.code == 2
+    assert "emulator.zarr was rolled out by an older sns_engine (store format 1)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
