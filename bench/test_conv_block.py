@@ -24,6 +24,7 @@ GPU: every implementation in float32 and bfloat16, batch 64).
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import pytest
@@ -32,9 +33,13 @@ import torch
 from sns_engine.models.unet import ResidualBlock
 from sns_engine.ops.conv_block import residual_block
 
-from .cases import DTYPE_NAMES, describe_case
+from .cases import DTYPE_NAMES, GPU, HAS_CUDA, check_close, describe_case, needs_gpu
 
 EMBEDDING_WIDTH = 1001       # the paper refiner's level embeddings: N + 1 for N = 1000
+GPU_BATCH = 64 if HAS_CUDA else 1   # 1 on a dry run (bench/cases.py): Triton's interpreter is slow
+CHECKED = 2                  # samples compared with the float64 CPU reference before timing
+# within this × max |reference|: TF32 convs (cuDNN's default) in float32; bfloat16 roundings
+CHECK_TOL = {torch.float32: 5e-3, torch.bfloat16: 3e-2}
 
 
 class Case(NamedTuple):
@@ -108,6 +113,11 @@ def _run(benchmark, case: Case, impl: str, batch: int, dtype: torch.dtype, devic
     flops, gelus, moved = cost(batch, case, fused=impl == "triton")
     describe_case(benchmark, "conv_block", impl, device, batch, case.name, DTYPE_NAMES[dtype],
                   flops=flops, bytes=moved * x.element_size())
+    if device != "cpu" or backend == "triton":   # every GPU path, against float64 on the CPU
+        wide = [None if t is None else t[:CHECKED].cpu().double() for t in (x, skip)]
+        want = residual_block(copy.deepcopy(block).cpu().double(), *wide,
+                              tuple(e[:CHECKED].cpu().double() for e in embeddings), "torch")
+        check_close(call()[:CHECKED], want, CHECK_TOL[dtype], benchmark.name)
     benchmark.extra_info.update(gelus=gelus, batch=batch, dtype=str(dtype).removeprefix("torch."))
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=1)
 
@@ -118,9 +128,9 @@ def test_residual_block_cpu(benchmark, case, impl):
     _run(benchmark, case, impl, batch=4, dtype=torch.float32, device="cpu", rounds=5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("impl", ["triton", "torch", "torch_cl"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_residual_block_gpu(benchmark, case, impl, dtype):
-    _run(benchmark, case, impl, batch=64, dtype=dtype, device="cuda", rounds=20)
+    _run(benchmark, case, impl, batch=GPU_BATCH, dtype=dtype, device=GPU, rounds=20)

@@ -20,11 +20,26 @@ from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.ops import rng
 from sns_engine.ops.update import ddpm_tick, renoise
 
-from .cases import DTYPE_NAMES, backend_cases, describe_case
+from .cases import DTYPE_NAMES, backend_cases, check_close, describe_case
 
 FRAME = (2, 64, 64)
 SCHEDULE = CosineSchedule(1000)
 CASES = backend_cases([1, 16, 64])
+TICK = ("x", "y", "eps_x", "eps_y", "n_x", "n_y", "moves", "counts", "member", "step", "seed", "coefs")
+RENOISE = ("x", "n_x", "member", "step", "seed", "sqrt_ab", "sqrt_1mab", "stream")
+
+
+def _checked(op, s: dict, keys: tuple[str, ...], backend: str, what: str) -> None:
+    """`op` under `backend` against the torch reference on CPU copies of the same state (the frames it
+    moves, within 1e-4 of their largest value), before any timing; the state is left as it was."""
+    if backend == "torch":
+        return
+    got = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+    want = {k: v.cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+    op(*(got[k] for k in keys), backend=backend)
+    op(*(want[k] for k in keys), backend="torch")
+    for frame in ("x", "y") if op is ddpm_tick else ("x",):
+        check_close(got[frame], want[frame], 1e-4, f"{what}: {frame}")
 
 
 def _state(batch: int, device: str, eps_dtype: torch.dtype) -> dict:
@@ -40,6 +55,8 @@ def _state(batch: int, device: str, eps_dtype: torch.dtype) -> dict:
         "counts": torch.full((batch, 2), 2**30, dtype=torch.int32),
         "member": torch.arange(batch), "step": torch.zeros(batch, dtype=torch.int32), "seed": 0,
         "coefs": torch.stack([SCHEDULE.recip_sqrt_alpha, SCHEDULE.eps_coef, SCHEDULE.sigma]),
+        "sqrt_ab": SCHEDULE.sqrt_alpha_bar, "sqrt_1mab": SCHEDULE.sqrt_one_minus_alpha_bar,
+        "stream": rng.STREAM_RENOISE_X,
     }
     return {k: v.to(device).contiguous() if isinstance(v, torch.Tensor) else v
             for k, v in state.items()}
@@ -53,8 +70,7 @@ def _rounds(device: str) -> dict:
 @pytest.mark.parametrize("backend, device, batch", CASES)
 def test_ddpm_tick(benchmark, backend, device, batch, eps_dtype):
     s = _state(batch, device, eps_dtype)
-    args = [s[k] for k in ("x", "y", "eps_x", "eps_y", "n_x", "n_y", "moves", "counts", "member",
-                           "step", "seed", "coefs")]
+    args = [s[k] for k in TICK]
 
     def reset():
         s["n_x"].fill_(SCHEDULE.num_levels)
@@ -67,6 +83,7 @@ def test_ddpm_tick(benchmark, backend, device, batch, eps_dtype):
 
     describe_case(benchmark, "ddpm_tick", backend, device, batch, f"eps={DTYPE_NAMES[eps_dtype]}",
                   bytes=2 * batch * math.prod(FRAME) * (4 + eps_dtype.itemsize + 4))
+    _checked(ddpm_tick, s, TICK, backend, benchmark.name)
     benchmark.pedantic(tick, setup=reset, **_rounds(device))
 
 
@@ -75,11 +92,10 @@ def test_renoise(benchmark, backend, device, batch):
     s = _state(batch, device, torch.float32)
 
     def run():
-        renoise(s["x"], s["n_x"], s["member"], s["step"], 0, SCHEDULE.sqrt_alpha_bar.to(device),
-                SCHEDULE.sqrt_one_minus_alpha_bar.to(device), rng.STREAM_RENOISE_X,
-                backend=backend)
+        renoise(*(s[k] for k in RENOISE), backend=backend)
         if device == "cuda":
             torch.cuda.synchronize()
 
     describe_case(benchmark, "renoise", backend, device, batch, bytes=batch * math.prod(FRAME) * 8)
+    _checked(renoise, s, RENOISE, backend, benchmark.name)
     benchmark.pedantic(run, **_rounds(device))

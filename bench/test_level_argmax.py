@@ -39,6 +39,12 @@ def test_level_argmax(benchmark, backend, device, batch, dtype):
     describe_case(benchmark, "level_argmax", backend, device, batch, DTYPE_NAMES[dtype],
                   flops=2 * batch * CLASSES * WIDTH,
                   bytes=batch * WIDTH * size + CLASSES * (WIDTH + 1) * size + batch * 12)
+    if backend != "torch":  # the chosen class's logit is the largest, in float64 on the CPU
+        logits = torch.addmm(*(t.cpu().double() for t in (bias, features, weight.T)))
+        chosen = logits.gather(1, run()[0].cpu().long()[:, None])[:, 0]
+        gap = float((logits.amax(1) - chosen).max())
+        assert gap <= 1e-3 * float(logits.abs().max()), \
+            f"GPU CHECK FAILED: {benchmark.name} picks a class {gap:.3g} below the largest logit"
     benchmark.extra_info["logits_bytes_avoided"] = 2 * batch * CLASSES * 4
     on_gpu = device == "cuda"
     benchmark.pedantic(run, rounds=50 if on_gpu else 5, warmup_rounds=3 if on_gpu else 1)
