@@ -8,6 +8,9 @@ levels-only pass (encoder, middle, heads), each in the implementations compared 
 - `channels_last`: the same code on channels_last weights and inputs (a candidate);
 - `fast`: the U-Net's CPU fast path (models/unet_cpu.py: channels_last, the circular halo made by hand,
   GELUs on the contiguous NHWC view, the heads' convs batched, chunks of 16 members);
+- `bf16`: the same call under `torch.autocast("cpu", dtype=torch.bfloat16)` (issue 22 item 3: its
+  speed; the U-Net then takes its eager path, models/unet_cpu.takes_fast_path; its accuracy:
+  bench/bf16_accuracy.py);
 - `compiled`: `torch.compile` (inductor, C++) of the reference, marked `long` (minutes to compile).
 
 Then the emulator's widest decoder block (unconditioned, 64²): the reference, the fast path, and
@@ -35,13 +38,14 @@ from sns_engine.models import unet_cpu
 from sns_engine.models.unet import forward_flops
 from sns_engine.models.unet_cpu import use_fast_cpu
 
+from . import bf16_accuracy
 from .report import describe
 
 BATCH = 64
 GEMM = 2048
 NETWORKS = {"emulator": ("emulator", "forward"), "refiner": ("refiner", "forward"),
             "levels": ("refiner", "levels")}
-IMPLS = ["reference", "channels_last", "fast", pytest.param("compiled", marks=pytest.mark.long)]
+IMPLS = ["reference", "channels_last", "fast", "bf16", pytest.param("compiled", marks=pytest.mark.long)]
 BASELINE = "reference"
 MEASURED: dict[str, float] = {}  # the GEMM rate (FLOP/s) of this run, once measured
 
@@ -112,7 +116,7 @@ def _call(model: torch.nn.Module, network: str, impl: str):
         run = torch.compile(run, options={"freezing": True})
 
     def call():
-        with torch.no_grad():
+        with torch.no_grad(), bf16_accuracy.precision(impl == "bf16"):
             return run(*args)
 
     return call
@@ -131,6 +135,14 @@ def test_unet_cpu(benchmark, network, impl):
     call()  # warm-up (oneDNN primitives; compilation)
     benchmark.pedantic(call, rounds=5)
     _report(benchmark, flops)
+
+
+def test_bf16_accuracy_runs():
+    """bench/bf16_accuracy.py on two members, one set of states, one known level (not timed)."""
+    figures = bf16_accuracy.measure(members=2, emulator_steps=(0,), levels=(5,))
+    first = figures["states_after_emulator_steps"]["0"]
+    assert 0 <= first["heads"]["n_x_agreement"] <= 1 and "lead" in figures["verdict"]
+    assert first["walk"]["relative_error_all"]["max"] < 0.1   # a walk moves the state ≈ 1 %
 
 
 def _fused_block(block, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
