@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-# The main job: a refined 16-member rollout on the embedded default bundle (Kolmogorov 64²) + plots.
+# The main job: the emulator and the default SNS policy side by side from the same 3 initial states of
+# the embedded default bundle (Kolmogorov 64²), 800 steps = 4 time units, against its climatology.
 demo: $(STAMP)
-	.venv/bin/sns-engine rollout --batch 16 --steps 100 --path left_down --out out/demo/ensemble.zarr --overwrite
-	.venv/bin/sns-engine plot snapshots out/demo/ensemble.zarr -o out/demo/snapshots.png
-	.venv/bin/sns-engine plot spectrum out/demo/ensemble.zarr -o out/demo/spectrum.png
+	.venv/bin/sns-engine rollout --path emulator --batch 3 --steps 800 --save-every 10 --out out/demo/emulator.zarr --overwrite
+	.venv/bin/sns-engine rollout --batch 3 --steps 800 --save-every 10 --out out/demo/sns.zarr --overwrite
+	.venv/bin/sns-engine compare out/demo/emulator.zarr out/demo/sns.zarr -o out/demo/compare.png
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

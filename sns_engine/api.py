@@ -330,12 +330,14 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
 def calibrate(bundle: str | Path | None, data: str | Path, *, samples: int = 32,
               free_steps: tuple[int, ...] = (1, 10, 100, 1000), seed: int = 0, save: bool = True,
               out: str | Path | None = None, walk_bias: bool = True, walk_bias_frames: int = 16,
-              quiet: bool = False) -> dict[str, Any]:
+              climatology: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """How well the refiner's level heads read known noise levels (sns_engine.calibration): median
     and 10–90 % range of the estimates on held-out frames noised to k = 0 … 1000, and on free
     emulator proposals; whether every k in 3..200 is resolved within max(2, 25 %). With
     `walk_bias`, also how much one walk from k = 1 … 40 changes the kinetic energy and spectrum
-    of the frames it walks (sns_engine.walk_bias; under "walk_bias").
+    of the frames it walks (sns_engine.walk_bias; under "walk_bias"). With `climatology`, also the
+    solver's mean resolved spectrum and kinetic energy (under "climatology"), which `sns-engine
+    compare` measures ensembles against when no solver store is at hand.
 
     The result is stored in the bundle's config.json, or in a copy of the bundle at `out`. The
     embedded default bundle is part of the installed package and is never changed: calibrate it
@@ -353,6 +355,9 @@ def calibrate(bundle: str | Path | None, data: str | Path, *, samples: int = 32,
     walk_bias_frames: held-out frames per level of the walk bias, each walked twice (antithetic
         noise); cost 16 · 78 · frames refiner forwards, ≈ 5 CPU-minutes at 16 for the small
         preset at 64² on one core (default 16)
+    climatology: a solver store (*.zarr) of the bundle's system sampling its attractor (a long
+        spin-up: the training data's may still be settling) whose climatology to record
+        (sns_engine.diagnostics.climatology; default None: none)
     quiet: no progress bars (default False)
     """
     from sns_engine import calibration
@@ -367,11 +372,15 @@ def calibrate(bundle: str | Path | None, data: str | Path, *, samples: int = 32,
     bundle = DEFAULT_BUNDLE if bundle is None else bundle
     if save:
         calibration.check_target(bundle, out)
+    config.check_paths(climatology=climatology)
+    climate = None if climatology is None else calibration.climatology_of(bundle, climatology)
     result = calibration.calibrate(bundle, data, samples=samples, free_steps=free_steps, seed=seed,
                                    save=False, quiet=quiet)
     if walk_bias:
         result["walk_bias"] = _walk_bias(bundle, data, frames=walk_bias_frames, seed=seed,
                                          quiet=quiet)
+    if climate is not None:
+        result["climatology"] = climate
     if save:
         calibration.record(bundle, result, out)
     return result

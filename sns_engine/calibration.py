@@ -112,6 +112,33 @@ def writable_bundle(bundle: str | Path, out: str | Path | None = None) -> Path:
     return target
 
 
+def climatology_of(bundle: str | Path, store: str | Path) -> dict[str, Any]:
+    """The climatology (sns_engine.diagnostics.climatology) of the solver store `store`, after
+    checking that it holds the bundle's system."""
+    from sns_engine.diagnostics.climatology import climatology
+
+    config = read_config(bundle)
+    if config is None:
+        raise ValueError(f"bundle {bundle} is not a bundle (no {CONFIG})")
+    check_compatible(config, TrajectoryStore(store).spec.system_spec, str(store))
+    return climatology(store)
+
+
+def climate_of(reference: str | Path) -> dict[str, Any]:
+    """The climatology recorded in a bundle directory's calibration (`climatology_of`), or
+    computed from a solver store (*.zarr)."""
+    from sns_engine.diagnostics.climatology import climatology
+
+    path = Path(reference)
+    if not (path / CONFIG).exists():
+        return climatology(path)
+    climate = (read_config(path) or {}).get("calibration", {}).get("climatology")
+    if climate is None:
+        raise ValueError(f"bundle {path} records no climatology; calibrate it with --climatology "
+                         "STORE, or compare with a solver store")
+    return climate
+
+
 def record(bundle: str | Path, result: dict[str, Any], out: str | Path | None = None) -> Path:
     """Store a calibration in the bundle's config.json, or in a copy of the bundle at `out`
     (`writable_bundle`); returns the bundle directory written."""

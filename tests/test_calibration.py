@@ -30,13 +30,15 @@ def test_calibrate_on_a_tiny_bundle_records_table_and_figure(tiny_bundle, tiny_k
 
     png = tmp_path / "calibration.png"
     main(["calibrate", str(tiny_bundle), "--data", str(tiny_kolmogorov), "--samples", "3",
-          "--free-steps", "1", "2", "--walk-bias-frames", "2", "-o", str(png), "--quiet"])
+          "--free-steps", "1", "2", "--walk-bias-frames", "2", "-o", str(png),
+          "--climatology", str(tiny_kolmogorov), "--quiet"])
     assert png.stat().st_size > 10_000
     assert (tmp_path / "calibration-walk-bias.png").stat().st_size > 10_000
     stored = json.loads((tiny_bundle / "config.json").read_text())["calibration"]
     assert stored["samples"] == 3 and stored["emulator"]["steps"] == [1, 2]
     assert stored["walk_bias"]["frames"] == [2] * len(stored["walk_bias"]["levels"])
     assert stored["data"]["command"].startswith("sns-engine data kolmogorov --preset cpu")
+    assert stored["climatology"]["grid"] == 32 and stored["climatology"]["energy"]["energy"] > 0
 
 
 def test_calibrate_refuses_bad_levels(tiny_bundle, tiny_kolmogorov):

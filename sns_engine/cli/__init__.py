@@ -1,4 +1,4 @@
-"""`sns-engine` command line: data, train, rollout, evaluate, calibrate, plot, study.
+"""`sns-engine` command line: data, train, rollout, evaluate, calibrate, plot, compare, study.
 
 Every error is one line on stderr, `sns-engine COMMAND: error: ...`, with exit status 2 (130 when
 interrupted); `--debug` or SNS_ENGINE_DEBUG=1 shows the traceback instead. The commands call the

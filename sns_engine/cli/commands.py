@@ -146,7 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     result = sns_engine.calibrate(args.bundle, args.data, samples=args.samples, seed=args.seed,
                                   free_steps=tuple(args.free_steps), save=args.save, out=args.out,
                                   walk_bias=args.walk_bias, walk_bias_frames=args.walk_bias_frames,
-                                  quiet=args.quiet)
+                                  climatology=args.climatology, quiet=args.quiet)
     print(table(result))
     if "walk_bias" in result:
         print(walk_bias.table(result["walk_bias"]))
@@ -159,6 +159,26 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
             print("wrote", ", ".join(str(p) for p in written))
     if args.save and not args.quiet:
         print("recorded in", Path(args.out or args.bundle) / "config.json")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from sns_engine.api import DEFAULT_BUNDLE
+    from sns_engine.calibration import climate_of
+    from sns_engine.config import check_path
+    from sns_engine.data.store import StoreError, TrajectoryStore
+    from sns_engine.plots.compare import compare
+
+    check_path("output", args.output)
+    check_path("reference", args.reference)
+    for path in args.stores:
+        check_path("store", path)
+        store = TrajectoryStore(path)
+        missing = store.incomplete() if store.is_ensemble else None
+        if missing and not args.partial:
+            raise StoreError(f"{missing}, or pass partial=True to compare what it has written")
+    out = compare(args.stores, args.output, climate_of(args.reference or DEFAULT_BUNDLE))
+    if not args.quiet:
+        print("wrote", out)
 
 
 def cmd_import_authors(args: argparse.Namespace) -> None:

@@ -12,7 +12,8 @@ from sns_engine.cli import commands
 from sns_engine.cli.errors import cli_message
 
 DEBUG_ENV = "SNS_ENGINE_DEBUG"
-DESCRIPTION = "`sns-engine` command line: data, train, rollout, evaluate, calibrate, plot, study."
+DESCRIPTION = ("`sns-engine` command line: data, train, rollout, evaluate, calibrate, plot, compare, "
+               "study.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="PNG file for the calibration figure (the walk bias's: "
                                           "NAME-walk-bias.png beside it)")
     p.add_argument("--out", help=param_help(calibrate)["out"])
+    p.add_argument("--climatology", help=param_help(calibrate)["climatology"])
     _options(p, calibrate, ("samples", "seed", "save", "walk_bias", "walk_bias_frames", "quiet"),
              samples=positive, walk_bias_frames=positive, quiet=quiet)
     p.add_argument("--free-steps", type=commands.positive, nargs="+", default=[1, 10, 100, 1000],
@@ -171,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="solver store to compare with (needed by 'all')")
     p.add_argument("--partial", action="store_true",
                    help="plot what an unfinished ensemble store (rollout killed or running) has written")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+
+    p = _command(sub, "compare", commands.cmd_compare, "ensembles side by side against the solver's "
+                 "climatology: member 0 of each at a few times, every member's spectrum error and "
+                 "kinetic energy over time (one PNG)")
+    p.add_argument("stores", nargs="+", metavar="STORE", help="ensemble or solver stores (*.zarr)")
+    p.add_argument("-o", "--output", required=True, help="PNG file")
+    p.add_argument("--reference", help="a solver store of the system, or a bundle calibrated with "
+                                       "--climatology (default: the embedded bundle's climatology)")
+    p.add_argument("--partial", action="store_true",
+                   help="compare what unfinished ensemble stores (rollouts killed or running) have "
+                        "written")
     p.add_argument("--quiet", action="store_true", help="print nothing")
 
     p = _command(sub, "study", commands.cmd_study, "data → train → rollout every method → evaluate → report "

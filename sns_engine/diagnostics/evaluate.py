@@ -46,7 +46,7 @@ def field_spectra(store: TrajectoryStore, fields: torch.Tensor) -> dict[str, tor
     shells inside the inscribed circle (k ≤ grid/2 · dk) are kept: the corner shells are partly
     empty."""
     spec = store.spec
-    k, curves = _all_shells(spec, fields)
+    k, curves = all_shells(spec, fields)
     keep = k <= (spec.grid // 2) * (2 * math.pi / spec.domain_length) + 1e-9
     return {"k": k[keep], **{name: value[..., keep] for name, value in curves.items()}}
 
@@ -87,7 +87,14 @@ def resolved_wavenumber(spec: StoreSpec) -> float:
     raise StoreError(f"no resolved wavenumber for system {spec.system!r}")
 
 
-def _all_shells(spec: StoreSpec, fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def resolved_shells(spec: StoreSpec, k: torch.Tensor) -> torch.Tensor:
+    """Mask of the shell wavenumbers `k` the solver resolves (`resolved_wavenumber`), k = 0 left
+    out."""
+    dk = 2 * math.pi / spec.domain_length
+    return (k > 0) & (k <= resolved_wavenumber(spec) + 1e-9 * dk)
+
+
+def all_shells(spec: StoreSpec, fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Shell wavenumbers (K,) and energy spectra (…, K) over every shell of the grid, per curve."""
     fields = fields.double()
     if spec.system == "kolmogorov":
@@ -156,10 +163,9 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     t_ref = ref.spec.snapshots
     ref_times = subsample(t_ref, sample)
     ref_values = torch.from_numpy(np.asarray(ref.fields[:, ref_times])).double()
-    k_all, ref_curves = _all_shells(ref.spec, ref_values)
+    k_all, ref_curves = all_shells(ref.spec, ref_values)
     dk = 2 * math.pi / ref.spec.domain_length
-    k_max = resolved_wavenumber(ref.spec)
-    keep = (k_all > 0) & (k_all <= k_max + 1e-9 * dk)
+    keep = resolved_shells(ref.spec, k_all)
     bands = spectra.spectral_bands(int(keep.sum()))
     k = k_all[keep]
     ref_spectra = {c: v[..., keep].mean(dim=(0, 1)) for c, v in ref_curves.items()}
@@ -187,7 +193,7 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     report: dict[str, Any] = {
         "ensemble": str(ensemble), "reference": str(reference), "members": n, "snapshots": t,
         "complete": missing is None,
-        "snapshot_dt": dt, "resolved_wavenumber": k_max,
+        "snapshot_dt": dt, "resolved_wavenumber": resolved_wavenumber(ref.spec),
         "bands": {b: [float(k[s][0]), float(k[s][-1])] for b, s in bands.items()},
         "bootstrap": {"resamples": resamples, "seed": seed, "level": intervals.LEVEL, "atoms": atoms},
         "windows": []}
@@ -196,8 +202,8 @@ def evaluate(ensemble: str | Path, reference: str | Path, windows: int = 4, thre
     per_member: list[dict[str, dict[str, list[float]]]] = []  # per window: metric, curve → (n,)
     bounds = np.linspace(0, t, min(windows, t) + 1).round().astype(int)
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        curves = _all_shells(ens.spec, data)[1]
         data = torch.from_numpy(np.asarray(ens.fields[:, first + lo:first + hi])).double()
+        curves = all_shells(ens.spec, data)[1]
         resolved = {c: v[..., keep] for c, v in curves.items()}
         ratio = {c: v.sum(-1) * dk / ref_energy_mean[c] for c, v in curves.items()}  # (n, T_w)
         member_error[:, lo:hi] = torch.stack([spectra.log_spectrum_error(resolved[c], ref_spectra[c])

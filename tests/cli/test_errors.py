@@ -444,8 +444,8 @@ def test_facade_defaults_match_the_implementations():
 def test_every_option_has_help():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
-    assert sorted(sub.choices) == ["calibrate", "data", "evaluate", "import-authors", "plot",
-                                   "rollout", "study", "train"]
+    assert sorted(sub.choices) == ["calibrate", "compare", "data", "evaluate", "import-authors",
+                                   "plot", "rollout", "study", "train"]
     for name, p in sub.choices.items():
         for action in p._actions:
             assert action.help and len(action.help) > 8, (name, action.dest)
