@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-# The main job: the emulator and the default SNS policy side by side from the same 3 initial states of
+# The main job: the emulator and the default SNS policy side by side from the same 2 initial states of
 # the embedded default bundle (Kolmogorov 64²), 800 steps = 4 time units, against its climatology.
 demo: $(STAMP)
-	.venv/bin/sns-engine rollout --path emulator --batch 3 --steps 800 --save-every 10 --out out/demo/emulator.zarr --overwrite
-	.venv/bin/sns-engine rollout --batch 3 --steps 800 --save-every 10 --out out/demo/sns.zarr --overwrite
+	.venv/bin/sns-engine rollout --path emulator --batch 2 --steps 800 --save-every 10 --out out/demo/emulator.zarr --overwrite
+	.venv/bin/sns-engine rollout --batch 2 --steps 800 --save-every 10 --out out/demo/sns.zarr --overwrite
 	.venv/bin/sns-engine compare out/demo/emulator.zarr out/demo/sns.zarr -o out/demo/compare.png
 
 lint: $(STAMP)

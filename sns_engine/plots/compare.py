@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from sns_engine.data.store import TrajectoryStore
 from sns_engine.diagnostics.climatology import drift
 from sns_engine.diagnostics.evaluate import subsample
 from sns_engine.plots.common import save, store_units, symmetric_limit, time_axis, time_label
-from sns_engine.plots.fields import field_colormap, store_times
+from sns_engine.plots.fields import field_colormap
 
 SNAPSHOT_TIMES = 4  # columns of the snapshot rows: first, …, last saved time
 COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown")
@@ -49,7 +50,7 @@ def compare_figure(stores: Sequence[str | Path], climate: dict[str, Any]) -> Fig
     frames = []
     for d, n in zip(data, written, strict=True):
         idx = subsample(n, SNAPSHOT_TIMES)
-        frames.append((idx, store_times(d, idx), np.asarray(d.fields[0, idx, 0])))
+        frames.append((idx, np.asarray(d.root["time"][:])[idx], np.asarray(d.fields[0, idx, 0])))
     limit, beyond = symmetric_limit(frames[0][2][:1])  # the shared initial state sets the scale
     norm, cmap = Normalize(-limit, limit), field_colormap()
 
@@ -91,11 +92,19 @@ def compare_figure(stores: Sequence[str | Path], climate: dict[str, Any]) -> Fig
     energy_ax.set_ylabel("kinetic energy / solver's", fontsize=9)
     for ax in (err_ax, energy_ax):
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(_log_tick))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_log_tick))
         ax.set_xlabel(time_axis(u), fontsize=9)
         ax.tick_params(labelsize=8)
     err_ax.legend(fontsize=7, loc="upper left")
     energy_ax.set_title("median and range over members", fontsize=9)
     return fig
+
+
+def _log_tick(value: float, _position: int) -> str:
+    """A log axis's tick label: the plain number at 1, 2, 3 and 5 of each decade, else none."""
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 3, 5)) else ""
 
 
 def compare(stores: Sequence[str | Path], output: str | Path, climate: dict[str, Any]) -> Path:
