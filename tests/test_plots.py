@@ -257,7 +257,7 @@ def study_inputs(ensemble, tmp_path_factory):
                                         trajectory_batch=2, time_chunk=spec.snapshots + 1), seed=2)
     frozen = folder / "frozen.zarr"
     shutil.copytree(ensemble, frozen)
-    zarr.open_group(frozen, mode="r+")["flagged_at"][0] = 1
+    zarr.open_group(frozen, mode="r+")["flagged_at"][0] = 0.01  # step 1 ends at (1 + 1) · 0.005
     report = evaluate(ensemble, reference, windows=2)
     reports = {"solver": evaluate(control, reference, windows=2, start=1), "emulator": report,
                "copy": report, "thermalizer": evaluate(frozen, reference, windows=2)}

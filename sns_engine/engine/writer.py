@@ -111,9 +111,10 @@ def _check_resumable(store: TrajectoryStore, record: dict[str, Any], members: Se
     if not store.is_ensemble:
         raise FileExistsError(f"{out} is a solver store, not a rollout's; choose another out=")
     if store.format < 2:
-        raise FileExistsError(f"{out} was written by sns_engine {spec.to_attrs()['version']} ≤ 0.3.0 "
-                              f"in store format {store.format}, which this sns_engine reads but "
-                              "does not continue; pass overwrite=True to roll it out anew")
+        made = store.root.attrs["sns_engine"].get("version", "≤ 0.2.0")
+        raise FileExistsError(f"{out} was written by sns_engine {made} in store format "
+                              f"{store.format} (sns_engine 0.2 to 0.3.0), which this sns_engine reads "
+                              "but does not continue; pass overwrite=True to roll it out anew")
     if spec.trajectories != len(members):
         raise FileExistsError(f"{out} was made with batch={spec.trajectories}, not "
                               f"batch={len(members)}; {fix}")

@@ -205,9 +205,9 @@ def test_store_of_an_older_format_is_read_and_not_continued(tiny_bundle, tiny_ko
     status, err = main("rollout", "--bundle", tiny_bundle, "--out", ens, "--batch", 2, "--steps", 4,
                        "--resume", "--quiet")
     assert status == 2 and err == (f"sns-engine rollout: error: {ens} was written by sns_engine "
-                                   f"{sns_engine.__version__} ≤ 0.3.0 in store format 1, which this "
-                                   "sns_engine reads but does not continue; pass --overwrite to "
-                                   "roll it out anew\n")
+                                   f"{sns_engine.__version__} in store format 1 (sns_engine 0.2 to "
+                                   "0.3.0), which this sns_engine reads but does not continue; pass "
+                                   "--overwrite to roll it out anew\n")
     # sns_engine 0.2.0 recorded no progress: its checkpoints say how far it got
     TrajectoryStore(ens, mode="r+").root["progress"][:] = -1
     assert store.written() == 4 and store.incomplete() is None

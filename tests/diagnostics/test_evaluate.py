@@ -256,11 +256,12 @@ def test_stability_rules(tmp_path):
     fields[3, 3:] = 0
     path = _store(tmp_path / "ens.zarr", "kolmogorov", fields)
     store = TrajectoryStore(path, mode="r+")
-    store.root.create_array("flags", shape=(5,), dtype="int64")[:] = [0, 0, 0, 0, 1]
-    store.root.create_array("flagged_at", shape=(5,), dtype="int64")[:] = [-1, -1, -1, -1, 12]
+    dt = store.spec.snapshot_dt
+    # member 4 flagged at model step 12, which ends at (12 + 1) model steps of dt / 2
+    store.root.create_array("flagged_at", shape=(5,), dtype="float64",
+                            fill_value=np.nan)[4] = 13 * dt / 2
     store.root.attrs["rollout"] = {"save_every": 2}
     store.root["progress"][:] = store.spec.snapshots  # a finished rollout's record
-    dt = store.spec.snapshot_dt
     report = evaluate(path, ref, windows=4)
     stability = report["stability"]
     assert stability["rule"] == [None, "energy", "energy", "energy", "flag"]
