@@ -18,7 +18,7 @@ set, fp32 against the same code under `torch.autocast("cpu", dtype=torch.bfloat1
 Under autocast the U-Nets leave their CPU fast path (models/unet_cpu.takes_fast_path): the bf16
 arithmetic is the eager path's. Writes bench/results/cpu-bf16-accuracy.json:
 
-    .venv/bin/python -m bench.bf16_accuracy [--members 16] [--out PATH]
+    .venv/bin/python -m bench.bf16_accuracy [--members 16] [--emulator-steps 0 2 4] [--levels 1 2 5 ...]
 """
 
 from __future__ import annotations
@@ -143,10 +143,12 @@ def measure(members: int = 16, emulator_steps: tuple[int, ...] = EMULATOR_STEPS,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--emulator-steps", type=int, nargs="+", default=list(EMULATOR_STEPS))
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    result = measure(args.members)
+    result = measure(args.members, tuple(args.emulator_steps), tuple(args.levels))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
