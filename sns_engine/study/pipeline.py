@@ -342,7 +342,6 @@ def roll_out(cfg: StudyConfig, settings: dict[str, Any], bundle, initial: torch.
     (continuing it with `resume`, replacing it otherwise), timing this invocation in the
     rollout's ledger; returns its cost (`costs.rollout_cost`) with every invocation's times."""
     from sns_engine.api import rollout
-
     from sns_engine.data.store import FORMAT, TrajectoryStore
 
     held = TrajectoryStore(store).format if resume else FORMAT
