@@ -101,6 +101,7 @@ def cpu_rates(metrics: dict, flops: dict) -> dict[bool, float]:
         if label == "solver" or cost.get("physical_steps_measured") != study["horizon"]:
             continue
         stage = metrics["stages"][f"rollout/{label}"]
+        stage = stage.get("last_run", stage)  # a later invocation that skipped it keeps its run's
         totals[label == "emulator"][0] += stage["cpu_seconds"]
         totals[label == "emulator"][1] += cost["flops_per_member_step"] / 1e9 * study["horizon"] * \
             study["members"]
