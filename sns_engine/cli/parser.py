@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "climatology: member 0 of each at a few times, every member's spectrum error and "
                  "kinetic energy over time (one PNG)")
     p.add_argument("stores", nargs="+", metavar="STORE", help="ensemble or solver stores (*.zarr)")
-    p.add_argument("-o", "--output", required=True, help="PNG file")
+    p.add_argument("-o", "--output", required=True, help="PNG file to write the figure to")
     p.add_argument("--reference", help="a solver store of the system, or a bundle calibrated with "
                                        "--climatology (default: the embedded bundle's climatology)")
     p.add_argument("--partial", action="store_true",
