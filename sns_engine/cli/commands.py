@@ -80,17 +80,23 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"wrote {store.path}: {store.fields.shape} float32")
 
 
+def _check_finished(path: str, partial: bool, verb: str) -> None:
+    """Refuse an unfinished ensemble store (a rollout killed or running) unless `partial`."""
+    from sns_engine.data.store import StoreError, TrajectoryStore
+
+    store = TrajectoryStore(path)
+    missing = store.incomplete() if store.is_ensemble else None
+    if missing and not partial:
+        raise StoreError(f"{missing}, or pass partial=True to {verb} what it has written")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from sns_engine import plots
     from sns_engine.config import check_path
-    from sns_engine.data.store import StoreError, TrajectoryStore
 
     for name in ("store", "output", "reference"):
         check_path(name, getattr(args, name))
-    store = TrajectoryStore(args.store)  # an unfinished rollout's store, before any figure is made
-    missing = store.incomplete() if store.is_ensemble else None
-    if missing and not args.partial:
-        raise StoreError(f"{missing}, or pass partial=True to plot what it has written")
+    _check_finished(args.store, args.partial, "plot")  # before any figure is made
     out = plots.plot_command(args.kind, Path(args.store), Path(args.output),
                              reference=args.reference and Path(args.reference), partial=args.partial)
     if not args.quiet:
@@ -165,17 +171,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from sns_engine.api import DEFAULT_BUNDLE
     from sns_engine.calibration import climate_of
     from sns_engine.config import check_path
-    from sns_engine.data.store import StoreError, TrajectoryStore
     from sns_engine.plots.compare import compare
 
     check_path("output", args.output)
     check_path("reference", args.reference)
     for path in args.stores:
         check_path("store", path)
-        store = TrajectoryStore(path)
-        missing = store.incomplete() if store.is_ensemble else None
-        if missing and not args.partial:
-            raise StoreError(f"{missing}, or pass partial=True to compare what it has written")
+        _check_finished(path, args.partial, "compare")
     out = compare(args.stores, args.output, climate_of(args.reference or DEFAULT_BUNDLE))
     if not args.quiet:
         print("wrote", out)
