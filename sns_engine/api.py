@@ -296,7 +296,7 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
           val_every: int = TrainConfig.val_every, checkpoint_every: int = TrainConfig.checkpoint_every,
           seed: int = TrainConfig.seed, bf16: bool = TrainConfig.bf16, resume: bool = False,
           overwrite: bool = False, device: str | torch.device | None = None,
-          walk_probe: bool = True, quiet: bool = False) -> Path:
+          init_from: str | Path | None = None, walk_probe: bool = True, quiet: bool = False) -> Path:
     """Train `model` on the solver store `data` into the bundle directory `out`; returns `out`.
 
     Several models share one bundle: train each kind once into the same `out`.
@@ -308,6 +308,8 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
     overwrite: train anew a model the bundle already has (default False)
     device: "cpu", "cuda" or "cuda:N"; by default cuda:LOCAL_RANK when CUDA is available, else
         cpu (default None)
+    init_from: a bundle directory whose model of this kind the run starts from, at its step
+        count, to train it longer: `steps` is then the total (fresh optimizer moments; default None)
     walk_probe: a refiner records, at every validation, the walk bias of 16 validation frames
         walked back from level 10 (sns_engine.walk_bias.training_probe; a few seconds) in its
         training history (default True)
@@ -320,10 +322,12 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
     cfg = TrainConfig(**{k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__})
     check_device(device)
     config.check_paths(data=data, out=out)
+    if init_from is not None:
+        config.check_paths(init_from=init_from)
     check_type("walk_probe", walk_probe, bool)
     probe = training_probe() if walk_probe and model == "refiner" else None
     return _train(cfg, data, out, resume=resume, overwrite=overwrite, quiet=quiet, device=device,
-                  probe=probe)
+                  probe=probe, init_from=init_from)
 
 
 @with_torch_threads

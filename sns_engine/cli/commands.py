@@ -47,7 +47,7 @@ ROLLOUT_OPTIONS = ("batch", "steps", "path", "initial", "perturb", "save_every",
                    "resume", "overwrite", "quiet", "threads")
 DATA_OPTIONS = ("preset", "trajectories", "snapshots", "seed", "trajectory_batch", "time_chunk",
                 "overwrite", "quiet")
-TRAIN_RUN_OPTIONS = ("resume", "overwrite", "device", "quiet")
+TRAIN_RUN_OPTIONS = ("resume", "overwrite", "device", "init_from", "quiet")
 
 
 def overrides(option: str, items: list[str]) -> dict[str, object]:

@@ -3,7 +3,8 @@
 What differs between the three models is a `Task` (which frames an item holds, which random
 draws a step needs, which loss). The loop owns everything else: AdamW, gradient clipping, EMA
 weights, StepLR, bf16 autocast on CUDA, periodic validation, tqdm progress, checkpoints that a
-killed run resumes from, and DDP under `torchrun`.
+killed run resumes from, a warm start from another bundle's model (`init_from`: to train a shipped
+model longer), and DDP under `torchrun`.
 
 Determinism that DDP and resume rely on: the batch indices and every random draw of step s come
 from a generator seeded by (seed, s) for the *global* batch; each rank takes its slice. So one
@@ -156,10 +157,21 @@ class Trainer:
             i, name = key.split(".", 1)
             opt_state["state"].setdefault(int(i), {})[name] = value
         self.opt.load_state_dict(opt_state)
+        self.set_step(step)
+
+    def set_step(self, step: int) -> None:
+        """Go on from optimizer step `step`: its learning rate, its EMA decay, its batches."""
         self.step = step
         self.sched.last_epoch = step
         for group in self.opt.param_groups:
             group["lr"] = self.cfg.lr * self.cfg.lr_gamma ** (step // self.cfg.lr_step)
+
+    def warm_start(self, weights: dict[str, torch.Tensor], step: int) -> None:
+        """Start from another run's averaged weights at its step `step` (`train`'s `init_from`):
+        they become the live and the averaged weights; the optimizer's moments start at zero."""
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+        self.set_step(step)
 
 
 def checkpoint_paths(out: Path, kind: str) -> tuple[Path, Path]:
@@ -181,6 +193,29 @@ Probe = Callable[[torch.nn.Module, CosineSchedule, torch.utils.data.Dataset, Tra
                  dict[str, Any]]
 
 
+def warm_start_weights(source: str | Path, kind: str, unet: Any, steps: int
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The `kind` weights of the bundle `source` and what the run records of them (path, SHA-256,
+    step), refused (TrainingError) unless the bundle has that model, trained `steps` or fewer
+    steps, with the same U-Net as this run's."""
+    config = read_config(source)
+    entry = (config or {}).get("models", {}).get(kind)
+    if entry is None:
+        raise TrainingError(f"init_from={str(source)!r} has no {kind} to start from; name a bundle "
+                            f"directory whose config.json lists one")
+    held, wanted = entry.get("unet") or {}, json.loads(json.dumps(to_dict(unet)))  # as stored
+    if held != wanted:
+        differ = sorted(k for k in wanted.keys() | held.keys() if held.get(k) != wanted.get(k))
+        raise TrainingError(f"init_from={str(source)!r}: its {kind} is another network (U-Net "
+                            f"settings {differ} differ); use this run's --preset on that bundle's data")
+    start = int(entry.get("step", 0))
+    if start >= steps:
+        raise TrainingError(f"init_from={str(source)!r}: its {kind} has {start} steps already; "
+                            f"steps must be more than that, got {steps}")
+    weights = load_file(str(Path(source) / entry["file"]))
+    return weights, {"bundle": str(source), "sha256": entry.get("sha256"), "step": start}
+
+
 def check_window(cfg: TrainConfig, store: TrajectoryStore) -> None:
     """Refuse (TrainingError) a `cfg.lag` (refiner) or `cfg.unroll` (emulator) whose window of
     frames is longer than the store's trajectories, naming the setting, the snapshot count and
@@ -199,7 +234,7 @@ def check_window(cfg: TrainConfig, store: TrajectoryStore) -> None:
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, device: str | None = None,
-          probe: Probe | None = None) -> Path:
+          probe: Probe | None = None, init_from: str | Path | None = None) -> Path:
     """Train `cfg.model` on the store `data` into the bundle directory `out`; returns `out`.
 
     `probe(ema model, schedule, validation set, store)`, if given, runs at every validation (on
@@ -208,6 +243,11 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
 
     Several models go into one bundle (run once per kind). With `resume` a killed run continues
     from its last checkpoint; without it an already trained model is refused unless `overwrite`.
+    `init_from`, a bundle directory, starts from its `cfg.model` instead of fresh weights: at its
+    step count (so `cfg.steps` is the total, and the batches are those an uninterrupted run would
+    have drawn next), its averaged weights as both live and averaged weights, fresh optimizer
+    moments (a bundle keeps no optimizer state). A resumed warm start continues from its own
+    checkpoint.
     Nothing is written before the first checkpoint, so a run that fails earlier leaves no bundle;
     a later failure leaves the checkpoint and a model entry that `load_bundle` reports unfinished
     until `--resume` completes it.
@@ -251,10 +291,15 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every rerun
     trainer = Trainer(cfg, build_model(cfg.model, unet_cfg), device)
     history: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    if init_from is not None:
+        weights, extra["init_from"] = warm_start_weights(init_from, cfg.model, unet_cfg, cfg.steps)
     if resume:
         record = json.loads(record_file.read_text())
         trainer.load_tensors(load_file(str(tensors_file), device=str(device)), record["step"])
         history = record["history"]
+    elif init_from is not None:
+        trainer.warm_start(weights, extra["init_from"]["step"])
     model = trainer.model
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -283,8 +328,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
             record.update(probe(trainer.ema, schedule, val_set, store))
         return record
 
-    if trainer.step == 0:
-        history.append(validation({"step": 0}))
+    if not resume:  # the starting point: step 0, or a warm start's
+        history.append(validation({"step": trainer.step}))
     model.train()
     while trainer.step < cfg.steps:
         loss, parts = run_loss(model, step_generator(cfg.seed, trainer.step), train_set)
@@ -310,7 +355,7 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
             # model first: a kill in between leaves a newer model and an older checkpoint,
             # from which a resumed run simply redoes the last few steps
             save_model(out, config, cfg.model, unet_cfg, trainer.ema.state_dict(),
-                       {"train": to_dict(cfg), "step": trainer.step})
+                       {"train": to_dict(cfg), "step": trainer.step, **extra})
             save_checkpoint(out, trainer, history)
     bar.close()
     if world > 1:

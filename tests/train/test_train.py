@@ -254,3 +254,38 @@ def test_heads_of_another_schedule_are_refused_before_any_work(tiny_kolmogorov, 
         train(TrainConfig(model="refiner", steps=1, batch_size=2, lag=10), tiny_kolmogorov,
               tiny_bundle, overwrite=True, quiet=True)
     assert (tiny_bundle / "config.json").read_text() == before
+
+
+def test_warm_start_goes_on_from_another_bundles_model(tiny_kolmogorov, tiny_bundle, tmp_path):
+    """init_from: the run starts at the source's step with its weights (with lr = 1e-30 and no
+    weight decay they stay the source's), records where it started, and validates there first."""
+    from safetensors.torch import load_file
+
+    source = json.loads((tiny_bundle / "config.json").read_text())["models"]["thermalizer"]
+    cfg = TrainConfig(model="thermalizer", steps=source["step"] + 3, batch_size=4, lr=1e-30,
+                      weight_decay=0.0, num_levels=20, val_every=2, checkpoint_every=2)
+    train(cfg, tiny_kolmogorov, tmp_path / "b", init_from=tiny_bundle, quiet=True)
+    model = json.loads((tmp_path / "b" / "config.json").read_text())["models"]["thermalizer"]
+    assert model["step"] == source["step"] + 3
+    assert model["init_from"] == {"bundle": str(tiny_bundle), "sha256": source["sha256"],
+                                  "step": source["step"]}
+    assert history(tmp_path / "b", "thermalizer")[0]["step"] == source["step"]
+    want = load_file(str(tiny_bundle / "thermalizer.safetensors"))
+    got = load_file(str(tmp_path / "b" / "thermalizer.safetensors"))
+    assert want.keys() == got.keys()
+    assert all(torch.allclose(got[k], want[k], rtol=0, atol=1e-12) for k in want)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model="refiner", preset="paper", lag=10), "another network"),
+    (dict(model="thermalizer", steps=20), "has 20 steps already"),
+])
+def test_a_warm_start_that_cannot_go_on_is_refused_before_any_work(tiny_kolmogorov, tiny_bundle,
+                                                                   tmp_path, change, message):
+    cfg = TrainConfig(**{"steps": 30, "batch_size": 4, "num_levels": 20, **change})
+    with pytest.raises(TrainingError, match=message):
+        train(cfg, tiny_kolmogorov, tmp_path / "b", init_from=tiny_bundle, quiet=True)
+    with pytest.raises(TrainingError, match="has no refiner"):
+        train(TrainConfig(model="refiner", steps=30, lag=10, num_levels=20), tiny_kolmogorov,
+              tmp_path / "c", init_from=tmp_path / "nothing", quiet=True)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
