@@ -11,8 +11,13 @@ GPU), in the two settings the authors run: Kolmogorov (every member refined ever
   `ratio_class_both` (one encoder pass per head), re-noising, `range(max − 1, −1, −1)` with a
   boolean mask, gather, full forward, scatter and a host sync per level, torch.randn noise, eager
   NCHW float32 networks;
-- `masked_loop` (the second baseline): the same loop calling our networks (their CPU fast path), so
-  the engine's lead over it is the scheduler's own, apart from the network's;
+- `masked_loop` (the second baseline): the same loop calling our networks (their CPU fast path),
+  every member starting at its own level as the engine does (`published_start=False`: the same
+  network work), so the engine's lead over it is the scheduler's own, apart from the network's;
+  the published loop's `range(max − 1, …)` skips the first step of the members at the batch
+  maximum (docs/method.md, "Where we differ"), so it runs fewer forwards than the method asks:
+  at batch 1 one fewer per walked frame. extra_info["forwards_per_step"] of both loops says how
+  many they ran (emulator included), beside the engine's;
 - `engine`, `engine_unchunked` (every network call on the whole packed batch, cpu_chunk=None);
 - `network` (the limit): the network passes the engine's step ran, alone, at the batch sizes it ran
   them (emulator, levels-only estimate, each tick's forward at its padded size; logged by `PassLog`),
@@ -32,6 +37,7 @@ fraction and the achieved GFLOP/s.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,13 +209,22 @@ def _time_engine(benchmark, engine: Engine, steps: int, rounds: int, check: Call
         benchmark.extra_info["gflops_per_s"] = flops / benchmark.stats.stats.mean / 1e9
 
 
-def _authors_step(bundle, x0, setting: str, fast: bool = False) -> Callable[[], None]:
+def _authors_step(benchmark, bundle, x0, setting: str, fast: bool = False) -> Callable[[], None]:
     """One physical step of the authors' loop: as published (eager NCHW networks) or, `fast`,
-    calling our networks; the fast networks' proposal and level classes are first checked against
-    the eager ones (a second copy of the bundle)."""
-    loop = AuthorsLoop(bundle.schedule.num_levels, TorchNoise(), published_start=True)
+    calling our networks with every member at its own level (the masked loop); the fast networks'
+    proposal and level classes are first checked against the eager ones (a second copy of the
+    bundle). Its full forwards per step go to extra_info."""
+    loop = AuthorsLoop(bundle.schedule.num_levels, TorchNoise(), published_start=not fast)
     emulator = use_fast_cpu(bundle.model("emulator"), fast)
     denoiser = refiner_denoiser(use_fast_cpu(bundle.model("refiner"), fast))
+    full = denoiser.forward
+
+    def counted(long, y, x):
+        forwards[0] += 1
+        return full(long, y, x)
+
+    forwards = [0]
+    denoiser = dataclasses.replace(denoiser, forward=counted)
     if fast:
         eager = load_bundle(DEFAULT_BUNDLE, device=x0.device)
         eager_emulator = use_fast_cpu(eager.model("emulator"), False)
@@ -222,7 +237,9 @@ def _authors_step(bundle, x0, setting: str, fast: bool = False) -> Callable[[], 
                 "masked_loop's level classes differ from the eager networks'"
     step = _synced(lambda: loop.rollout("left_down", emulator, denoiser, x0, 1, SETTINGS[setting][2]),
                    x0.device)
-    step()  # warm-up
+    forwards[0] = 0
+    step()  # warm-up, counting the forwards of the step (the same every round)
+    benchmark.extra_info["forwards_per_step"] = forwards[0] + 1  # + the emulator, as the engine's
     return step
 
 
@@ -237,7 +254,7 @@ def test_left_down_cpu(benchmark, setting, batch, impl):
     rounds = max(3, 32 // batch)  # small batches are quick and noisier: more rounds
     _describe(benchmark, impl, "cpu", setting, batch)
     if impl in (BASELINE, SECOND_BASELINE):
-        benchmark.pedantic(_authors_step(bundle, x0, setting, fast=impl == SECOND_BASELINE),
+        benchmark.pedantic(_authors_step(benchmark, bundle, x0, setting, fast=impl == SECOND_BASELINE),
                            rounds=rounds)
         return
     chunk = None if impl == "engine_unchunked" else CPU_CHUNK
@@ -295,6 +312,6 @@ def test_engine_gpu(benchmark, strict_fp32, batch, graphs, bf16):
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 def test_authors_loop_gpu(benchmark, strict_fp32, batch):
     bundle, x0 = _setup(GPU, batch)
-    step = _authors_step(bundle, x0, "kolmogorov")
+    step = _authors_step(benchmark, bundle, x0, "kolmogorov")
     _describe(benchmark, BASELINE, GPU, "kolmogorov", batch)
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
