@@ -1,6 +1,9 @@
-"""The walk bias of the embedded default bundle on a held-out solver store (README.md here).
+"""The walk bias of the embedded default bundle (or of BUNDLE) on a held-out solver store
+(README.md here).
 
-    OMP_NUM_THREADS=1 .venv/bin/python results/walk-bias/run.py out/heldout-12345.zarr results/walk-bias
+    OMP_NUM_THREADS=1 .venv/bin/python results/walk-bias/run.py out/heldout-12345.zarr OUT [BUNDLE]
+
+(OUT: results/walk-bias for the embedded bundle.)
 
 Two calls of `sns_engine.walk_bias.walk_bias` on the same frames (same seed, so the same frames,
 floor and emulator step): x and y noised separately, walked by left_down and fix_short with the
@@ -28,16 +31,18 @@ LEVELS = (1, 2, 5, 10, 20, 40)
 FRAMES = (48, 48, 64, 80, 16, 12)
 
 
-def main(data: str, out: str) -> None:
+def main(data: str, out: str, bundle: str = DEFAULT_BUNDLE) -> None:
     torch.set_num_threads(1)
     wall = time.perf_counter()
-    bundle = load_bundle(DEFAULT_BUNDLE)
+    bundle = load_bundle(bundle)
     common = {"levels": LEVELS, "frames": FRAMES, "trajectories": "all", "seed": 0}
     separate = walk_bias(bundle, data, cases=("x", "y"), walks=("ddpm", "ddim"), **common)
     both = walk_bias(bundle, data, cases=("both",), walks=("ddpm",), **common)
     for key in ("floor", "emulator_step", "frames", "levels", "bands"):
         assert separate[key] == both[key], key
-    result = {**separate, "walks": ["ddpm", "ddim"], "rows": separate["rows"] + both["rows"],
+    result = {**separate, "bundle": {"path": str(bundle.path), "refiner_step": bundle.config[
+        "models"]["refiner"].get("step"), "refiner_sha256": bundle.config["models"]["refiner"]["sha256"]},
+              "walks": ["ddpm", "ddim"], "rows": separate["rows"] + both["rows"],
               "cpu_seconds": separate["cpu_seconds"] + both["cpu_seconds"],
               "wall_seconds": separate["wall_seconds"] + both["wall_seconds"],
               "note": "rows of case 'both' are DDPM only"}
@@ -54,4 +59,4 @@ def main(data: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
