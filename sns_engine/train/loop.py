@@ -39,7 +39,7 @@ from sns_engine.bundle import (
     save_initial,
     save_model,
 )
-from sns_engine.config import TrainConfig, to_dict, write_json
+from sns_engine.config import TrainConfig, from_dict, to_dict, write_json
 from sns_engine.data import FrameWindows, TrajectoryStore, refiner_triples, windows
 from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.files import atomic_write
@@ -203,7 +203,7 @@ def warm_start_weights(source: str | Path, kind: str, unet: Any, steps: int
     if entry is None:
         raise TrainingError(f"init_from={str(source)!r} has no {kind} to start from; name a bundle "
                             f"directory whose config.json lists one")
-    held, wanted = entry.get("unet") or {}, json.loads(json.dumps(to_dict(unet)))  # as stored
+    held, wanted = to_dict(from_dict(type(unet), entry["unet"])), to_dict(unet)  # defaults filled
     if held != wanted:
         differ = sorted(k for k in wanted.keys() | held.keys() if held.get(k) != wanted.get(k))
         raise TrainingError(f"init_from={str(source)!r}: its {kind} is another network (U-Net "

@@ -289,3 +289,17 @@ def test_a_warm_start_that_cannot_go_on_is_refused_before_any_work(tiny_kolmogor
         train(TrainConfig(model="refiner", steps=30, lag=10, num_levels=20), tiny_kolmogorov,
               tmp_path / "c", init_from=tmp_path / "nothing", quiet=True)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_the_embedded_bundle_can_be_trained_on():
+    """Its config.json predates U-Net fields with defaults (attention, label_offset): a warm start
+    compares the networks with those filled in, as loading the bundle does."""
+    from sns_engine.api import DEFAULT_BUNDLE
+    from sns_engine.models import model_unet_config
+    from sns_engine.train.loop import warm_start_weights
+
+    unet = model_unet_config("refiner", "small", 1, 64, 1000)
+    weights, record = warm_start_weights(DEFAULT_BUNDLE, "refiner", unet, 16000)
+    shipped = json.loads((Path(DEFAULT_BUNDLE) / "config.json").read_text())["models"]["refiner"]
+    assert record["step"] == shipped["step"] and record["sha256"] == shipped["sha256"]
+    assert weights.keys() == load_bundle(DEFAULT_BUNDLE).model("refiner").state_dict().keys()
