@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Stage 2 of the refinement ablation (results/refinement-ablation/plan.md): the models that did not
+# exist when the plan was written. Resumable: rerun the same command after a kill.
+#   bash recipes/refinement-stage2.sh refiner       # the shipped refiner trained on to 2x, then 4x
+#   bash recipes/refinement-stage2.sh thermalizer   # the shipped Thermalizer trained on to 8 000 steps
+#   bash recipes/refinement-stage2.sh walk-bias     # the walk-bias table of each finished bundle
+# Needs the default bundle's training data, out/default/data.zarr (README, "Reproducing the embedded
+# default bundle", first command) and, for walk-bias, out/heldout-12345.zarr (results/walk-bias).
+# Each training starts from the embedded bundle's model (--init-from: its weights at its step count,
+# fresh optimizer moments) with the hyper-parameters it was trained with; the 2x bundle is copied
+# aside (out/stage2/refiner-2x) before the 4x run goes on from it in out/stage2/refiner-4x.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+cli=sns-engine; [ -x .venv/bin/sns-engine ] && cli=.venv/bin/sns-engine
+py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+data=out/default/data.zarr
+[ -d "$data" ] || { echo "missing $data: run the README's data command first" >&2; exit 2; }
+hyper=(--data "$data" --batch-size 16 --lr 5e-4 --level-bias 0.01 --val-every 200
+       --checkpoint-every 50 --quiet)
+
+bundle() {  # a copy of the embedded bundle to train into
+    mkdir -p "$1"
+    for f in config.json emulator.safetensors refiner.safetensors thermalizer.safetensors \
+             initial.safetensors; do
+        [ -f "$1/$f" ] || cp "sns_engine/default_bundle/$f" "$1/$f"
+    done
+}
+
+train() {  # model bundle steps: start from the embedded model, or resume the run's checkpoint
+    local model=$1 out=$2 steps=$3
+    bundle "$out"
+    if [ -f "$out/train/$model.json" ]; then
+        $cli train "$model" --out "$out" --steps "$steps" "${hyper[@]}" --resume
+    else
+        $cli train "$model" --out "$out" --steps "$steps" "${hyper[@]}" \
+            --init-from sns_engine/default_bundle --overwrite
+    fi
+}
+
+finished() {  # bundle model steps: whether the bundle's model has that many steps
+    $py -c "import json,sys; m=json.load(open('$1/config.json'))['models']['$2']; sys.exit(m.get('step') != $3)"
+}
+
+case "${1:?refiner, thermalizer or walk-bias}" in
+    refiner)
+        finished out/stage2/refiner-2x refiner 16000 2>/dev/null || train refiner out/stage2/refiner-2x 16000
+        [ -d out/stage2/refiner-4x ] || { rm -rf out/stage2/.refiner-4x && cp -r out/stage2/refiner-2x out/stage2/.refiner-4x &&
+            mv out/stage2/.refiner-4x out/stage2/refiner-4x; }
+        $cli train refiner --out out/stage2/refiner-4x --steps 32000 "${hyper[@]}" --resume ;;
+    thermalizer)
+        train thermalizer out/stage2/thermalizer-8k 8000 ;;
+    walk-bias)
+        for b in refiner-2x:16000 refiner-4x:32000; do
+            name=${b%%:*}
+            finished "out/stage2/$name" refiner "${b##*:}" 2>/dev/null || { echo "$name: not trained yet"; continue; }
+            [ -f "results/walk-bias/$name/walk-bias.json" ] ||
+                $py results/walk-bias/run.py out/heldout-12345.zarr "results/walk-bias/$name" "out/stage2/$name"
+        done ;;
+    *) echo "unknown stage $1: refiner, thermalizer or walk-bias" >&2; exit 2 ;;
+esac
