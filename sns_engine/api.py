@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sns_engine import config
 from sns_engine.config import ConfigError, RolloutConfig, TrainConfig, check_device, check_type
-from sns_engine.threads import with_torch_threads
+from sns_engine.threads import default_workers, with_torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -85,8 +85,12 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         default the first multiple at or above 50 (default None)
     member_offset: id of the first member; a member's noise is keyed by its id (default 0)
     quiet: no progress bar (default False)
-    threads: torch threads for this call (the caller's restored after it); None: one per process
-        on a machine of ≤ 2 cores, else its cores shared among the node's ranks (default None)
+    threads: the cores this call computes on: on the CPU each step's network calls split their
+        members over `threads` worker threads of one torch thread each (the results do not depend
+        on it); the rest of the call, and a GPU rollout, runs `threads` torch threads (the
+        caller's setting restored after it). None: for the steps every core this process may use,
+        shared among the node's ranks; for the rest one torch thread per process on a machine of
+        ≤ 2 cores, else as the steps (default None)
     Rollout settings:
     """
     check_type("batch", batch, int)
@@ -163,11 +167,13 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         return dataclasses.replace(result, states=result.states * bundle.scale.to(result.states.device))
 
     eng = Engine(emulator, denoiser, bundle.schedule, x0, cfg, members=members.to(device),
-                 backend=backend, graphs=graphs, bf16=bf16)
+                 backend=backend, graphs=graphs, bf16=bf16,
+                 workers=default_workers() if threads is None else threads)
     watch = _heads_watch(bundle.config.get("calibration")) if model == "refiner" else None
     if out is None:
         announce()
-        states, levels, moves = drive(eng, steps, save_every, quiet=quiet, on_step=watch)
+        with eng:  # its worker threads live for the steps
+            states, levels, moves = drive(eng, steps, save_every, quiet=quiet, on_step=watch)
         scale = bundle.scale
         saved = (torch.stack(states, dim=1) * scale if states
                  else torch.zeros(len(members), 0, *x0.shape[1:]))
@@ -193,9 +199,10 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step,
                                             shard.rows, initial=eng.x)
     announce()
-    drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
-        store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet,
-        on_step=watch)
+    with eng:
+        drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
+            store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet,
+            on_step=watch)
     writer.close(eng.flags, eng.flagged_at)
     shard.barrier()
     return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),

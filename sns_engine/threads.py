@@ -2,8 +2,14 @@
 
 Every public function that runs networks (rollout, train, calibrate, evaluate) or solvers
 (generate_data) runs under `torch_threads`, which sets torch's intra-op threads for the call and
-restores the caller's setting afterwards; `sns_engine.rollout(threads=N)` and `sns-engine rollout
---threads N` name them. Without a choice, `default_threads` decides:
+restores the caller's setting afterwards. A CPU rollout's steps compute otherwise: their network
+calls split the members over `threads` worker threads of one torch thread each
+(sns_engine/engine/parallel.py), and every other op of a step runs on one torch thread; there is
+no barrier between the workers, so a busy core delays only its own worker's chunk.
+`sns_engine.rollout(threads=N)` and `sns-engine rollout --threads N` name N, the cores the rollout
+computes on: its steps' workers, and torch's threads for the rest of the call (loading, initial
+states, writing). Without a choice, a rollout's steps take `default_workers()`, every core this
+process may use (shared among the node's torchrun ranks), and the rest `default_threads`:
 
 - on a machine with at most 2 cores, one thread per process. Measured on the 2-core machine
   with other work on its cores (README, "Use"): `rollout(batch=64, steps=10)` took 42 s on 1
@@ -37,12 +43,15 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def default_workers() -> int:
+    """Worker threads of a CPU rollout's steps when the caller names none: the cores this process
+    may use, shared evenly among the ranks torchrun starts on the node, at least one each."""
+    return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def default_threads() -> int:
     """torch threads per process when the caller names none (see the module docstring)."""
-    cores = available_cores()
-    if cores <= 2:
-        return 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return 1 if available_cores() <= 2 else default_workers()
 
 
 def check_threads(threads: Any) -> None:

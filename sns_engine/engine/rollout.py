@@ -19,7 +19,8 @@ With long="lagged" the long-lag frames come from a ring buffer of each member's 
 (`history`, B × lag states: 1.7 GB for 1024 members of 64² at lag 100; part of the checkpoint).
 
 On the CPU every network call runs in chunks of `cpu_chunk` members (`chunked`), so activations
-stay in cache; on a GPU the whole packed batch is one call (one graph).
+stay in cache, and with `workers` > 1 the chunks run at once on a pool of threads, one torch thread
+each (engine.parallel); on a GPU the whole packed batch is one call (one graph).
 
 Results do not depend on batch composition: every random number is keyed by (seed, member id,
 physical step, level, stream, pixel), never by slot.
@@ -40,6 +41,7 @@ from sns_engine.diffusion.schedule import CosineSchedule
 from sns_engine.engine import profiling
 from sns_engine.engine.denoiser import Denoiser
 from sns_engine.engine.graphs import Replayer
+from sns_engine.engine.parallel import ChunkPool
 from sns_engine.engine.rules import (
     NOISE_LIMIT,
     estimate_levels,
@@ -52,20 +54,27 @@ from sns_engine.engine.rules import (
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
 from sns_engine.models.unet import find_unet, forward_flops
 from sns_engine.ops import rng
+from sns_engine.ops.dispatch import resolve_backend
 from sns_engine.ops.update import ddpm_tick, renoise
+from sns_engine.threads import torch_threads
 
 CPU_CHUNK = 16  # members per network call on the CPU (see `chunked`)
 
 
-def chunked(fn, chunk: int):
+def chunked(fn, chunk: int, pool: ChunkPool | None = None):
     """`fn` over dim-0 chunks of at most `chunk` rows of its tensor arguments, the outputs (a tensor
-    or a NamedTuple of tensors) concatenated. On the CPU a chunk's activations stay in cache: the
-    small U-Net at 64² costs ≈ 10 ms per member in chunks of 8–32 and ≈ 16.5 ms in one call of 256
-    (one core). Every member's result is computed as before, only the batch is split."""
+    or a NamedTuple of tensors) concatenated in member order. On the CPU a chunk's activations stay
+    in cache: the small U-Net at 64² costs ≈ 10 ms per member in chunks of 8–32 and ≈ 16.5 ms in one
+    call of 256 (one core). With a `pool` the chunks (`pool.chunk_size`: smaller, so that every
+    worker has work) run concurrently. Every member's result is computed as before, only the batch
+    is split."""
     def run(*inputs: torch.Tensor):
-        if inputs[0].shape[0] <= chunk:
+        rows = inputs[0].shape[0]
+        size = chunk if pool is None else pool.chunk_size(rows, chunk)
+        if rows <= size:
             return fn(*inputs)
-        parts = [fn(*rows) for rows in zip(*(t.split(chunk) for t in inputs), strict=True)]
+        chunks = list(zip(*(t.split(size) for t in inputs), strict=True))
+        parts = [fn(*part) for part in chunks] if pool is None else pool.map(fn, chunks)
         if isinstance(parts[0], torch.Tensor):
             return torch.cat(parts)
         return type(parts[0])(*(torch.cat(column) for column in zip(*parts, strict=True)))
@@ -147,22 +156,32 @@ class EngineStats:
 
 
 class Engine:
-    """Rolls a fixed set of members forward, one physical step per `step()` call."""
+    """Rolls a fixed set of members forward, one physical step per `step()` call.
+
+    On the CPU, `workers` > 1 runs each network call's member chunks on that many threads and the
+    step on one torch thread (engine.parallel; the torch backend only); `close()` (or leaving a
+    `with` block) joins them."""
 
     def __init__(self, emulator: torch.nn.Module, denoiser: Denoiser | None, schedule: CosineSchedule,
                  initial: torch.Tensor, cfg: RolloutConfig, members: torch.Tensor | None = None,
                  long: torch.Tensor | None = None, backend: str = "auto", graphs: bool = True,
-                 bf16: bool = False, buckets_per_octave: int = 16, cpu_chunk: int | None = CPU_CHUNK):
+                 bf16: bool = False, buckets_per_octave: int = 16, cpu_chunk: int | None = CPU_CHUNK,
+                 workers: int = 1):
         self.path = get_path(cfg.path)
         if self.path.model is not None and denoiser is None:
             raise ValueError(f"path {cfg.path!r} needs a {self.path.model} but none was given")
         self.stats = EngineStats(per_member=member_flops(emulator, denoiser))
         emulator = functools.partial(emulator, backend=backend)  # its fused ops run on ours
         device = initial.device
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        # Triton's CPU interpreter patches triton.language while a kernel runs: one thread at a time
+        split = device.type == "cpu" and cpu_chunk and resolve_backend(backend, device) == "torch"
+        self.pool = ChunkPool(workers) if split and workers > 1 else None
         if device.type == "cpu" and cpu_chunk:
-            emulator = chunked(emulator, cpu_chunk)
+            emulator = chunked(emulator, cpu_chunk, self.pool)
             if denoiser is not None:
-                denoiser = Denoiser(*(chunked(fn, cpu_chunk) for fn in
+                denoiser = Denoiser(*(chunked(fn, cpu_chunk, self.pool) for fn in
                                       (denoiser.forward, denoiser.levels, denoiser.estimate)))
         self.emulator, self.denoiser, self.schedule, self.cfg = emulator, denoiser, schedule, cfg
         self.backend = backend
@@ -213,9 +232,25 @@ class Engine:
                   backend=self.backend)
 
     # --------------------------------------------------------------------- one physical step
-    @torch.no_grad()
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance every member one physical step; returns (levels (B, 2), moves (B,)) of it."""
+        """Advance every member one physical step; returns (levels (B, 2), moves (B,)) of it. With
+        a pool every op of the step runs on one torch thread (engine.parallel)."""
+        with torch_threads(1) if self.pool is not None else nullcontext():
+            return self._step()
+
+    def close(self) -> None:
+        """Join the pool's threads, if any; the engine takes no step after it."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @torch.no_grad()
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = self.size, self.next_step
         alive = self.flags == 0
         with profiling.range("emulator"):

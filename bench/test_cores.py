@@ -1,0 +1,71 @@
+"""Two cores against one: the CPU engine's member split against torch's own intra-op threads, with
+both cores free and with the other core busy.
+
+One physical step of the engine (embedded default bundle, path `left_down`, Kolmogorov setting:
+every member refined) from the same states, at batches 16 and 64, three ways:
+
+- `1 thread` (the baseline): one torch thread, the network calls' chunks one after another;
+- `2 workers`: the member split (`Engine(workers=2)`, engine/parallel.py), what a rollout on a
+  2-core machine runs by default: the chunks of each call on two threads, one torch thread each;
+- `torch 2 threads`: torch's intra-op threads (2, its own default here) inside every op, the chunks
+  one after another: the old alternative.
+
+Each once with both cores free and once beside a spin loop (a Python `while` loop in a subprocess,
+started for the case and killed after it, as another process holding a core): `step[mode,
+free|busy, batch=B]`. The summary groups the three per batch and load: `x.xx× vs 1 thread` is two
+cores against one. Every case first checks its step against the per-member reference
+(bench/test_engine.py's `check_engine`), then times it.
+extra_info: threads (cores asked for), mode (single, member_split, intra_op), busy, batch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from sns_engine.threads import available_cores, torch_threads
+
+from .report import describe
+from .test_engine import _config, _engine, _setup, _time_engine, check_engine
+
+# mode → (name, threads, workers, torch threads)
+MODES = {"single": ("1 thread", 1, 1, 1), "member_split": ("2 workers", 2, 2, 1),
+         "intra_op": ("torch 2 threads", 2, 1, 2)}
+ROUNDS = 3
+# a busy core that never outlives the benchmark: the loop ends when its parent has gone
+SPIN = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    for _ in range(10 ** 6): pass"
+
+
+@pytest.fixture
+def busy(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Whether the other core is busy: a spin loop in a subprocess for the case, always killed."""
+    if not request.param:
+        yield False
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())])
+    try:
+        yield True
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs two cores")
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("busy", [False, True], ids=["free", "busy"], indirect=True)
+@pytest.mark.parametrize("batch", [16, 64])  # the slowest-varying: free and busy side by side
+def test_cores_cpu(benchmark, busy, batch, mode):
+    name, threads, workers, torch_count = MODES[mode]
+    load = "busy" if busy else "free"  # the other core
+    describe(benchmark, f"step[{name}, {load}, batch={batch}]", group=f"cores, {load}, batch={batch}",
+             baseline=mode == "single", member_steps=batch)
+    benchmark.extra_info.update(threads=threads, mode=mode, busy=busy, batch=batch)
+    bundle, x0 = _setup("cpu", batch)
+    with torch_threads(torch_count), _engine(bundle, x0, _config(bundle, "kolmogorov"),
+                                             workers=workers) as engine:
+        _time_engine(benchmark, engine, 1, ROUNDS,
+                     lambda: check_engine(engine, "kolmogorov", None, 1, False))
