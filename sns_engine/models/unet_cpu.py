@@ -3,16 +3,24 @@ eager NCHW reference up to float rounding, laid out for oneDNN on a CPU.
 
 A pass takes it on the CPU, in inference (no tensor needs a gradient), with the "torch" conv
 backend and float32, unless the network's `fast_cpu` is False (`use_fast_cpu`): channels_last
-activations (oneDNN's direct convs, no reorders), the periodic halo written by hand with the
-pre-activation GELU's output, GELUs on the contiguous NHWC view, shifts and residuals added in
-place, the heads' convs batched, batches in chunks of FAST_CPU_CHUNK members. Outputs are NCHW
+activations (oneDNN's direct convs, no reorders). Each 3×3 conv reads a padded buffer in this
+thread's scratch memory (`padded`: the same memory for every conv, so no allocation, no page
+fault, and it is warm in cache): its input copied in once (a block's x and skip side by side, no
+cat), the one-pixel periodic border copied from the interior, the pre-activation GELU in place.
+Every GELU runs in place on a contiguous NHWC tensor (oneDNN's vectorised erf GELU, no
+temporary); shifts and residuals are added in place (a 1×1 shortcut's weight split between x and
+skip), the heads' convs batched, batches in chunks of FAST_CPU_CHUNK members. Outputs are NCHW
 either way (`UNet.encode`'s features and skips are channels_last on the fast path).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import math
+import threading
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,24 +47,112 @@ def use_fast_cpu(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
+def nhwc(t: torch.Tensor) -> torch.Tensor:
+    """The (B, H, W, C) view of a (B, C, H, W) tensor (contiguous when t is channels_last)."""
+    return t.permute(0, 2, 3, 1)
+
+
 def gelu_nhwc(t: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """GELU of a channels_last tensor through its contiguous (B, H, W, C) view, which ATen runs
-    in its vectorised kernel (a channels_last tensor takes a strided path ≈ 1.6× slower)."""
-    view = t.permute(0, 2, 3, 1)
-    return (torch.ops.aten.gelu_(view) if inplace else F.gelu(view)).permute(0, 3, 1, 2)
+    """GELU of a channels_last tensor through its contiguous (B, H, W, C) view, which ATen hands
+    to oneDNN's vectorised erf GELU (a strided tensor takes ATen's own loop, ≈ 1.6× slower)."""
+    return (torch.ops.aten.gelu_(nhwc(t)) if inplace else F.gelu(nhwc(t))).permute(0, 3, 1, 2)
 
 
-def circular_pad(t: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """GELU(t) (or t) padded periodically by one pixel per side, channels_last: what a circular
-    3×3 conv reads. Padded as (B, 1, H, W, C), where F.pad copies whole rows (on NCHW it makes
-    narrow strided copies and returns NCHW)."""
-    view = (gelu_nhwc(t) if gelu else t).permute(0, 2, 3, 1)[:, None]
-    return F.pad(view, (0, 0, 1, 1, 1, 1), mode="circular")[:, 0].permute(0, 3, 1, 2)
+def halo_pairs(padded: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """(destination, source) views of a (B, H + 2, W + 2, C) tensor whose copies, in order,
+    fill its one-pixel border periodically from its interior (rows, then whole columns)."""
+    return ((padded[:, 0, 1:-1], padded[:, -2, 1:-1]), (padded[:, -1, 1:-1], padded[:, 1, 1:-1]),
+            (padded[:, :, 0], padded[:, :, -2]), (padded[:, :, -1], padded[:, :, 1]))
+
+
+def wrap_halo(padded: torch.Tensor) -> torch.Tensor:
+    """Fill the border of a (B, H + 2, W + 2, C) tensor from its interior (`halo_pairs`)."""
+    for destination, source in halo_pairs(padded):
+        destination.copy_(source)
+    return padded
+
+
+class PadViews(NamedTuple):
+    """Views of a contiguous (B, H + 2, W + 2, C) buffer for `fill_padded`."""
+
+    buffer: torch.Tensor
+    slices: tuple[torch.Tensor, ...]   # each input's channel slice of the interior
+    halo: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def pad_views(buffer: torch.Tensor, channels: tuple[int, ...]) -> PadViews:
+    """`buffer`'s views for inputs of `channels` channels side by side."""
+    interior, starts = buffer[:, 1:-1, 1:-1], [0, *itertools.accumulate(channels)]
+    return PadViews(buffer, tuple(interior[..., a:b] for a, b in itertools.pairwise(starts)),
+                    halo_pairs(buffer))
+
+
+def fill_padded(views: PadViews, parts: tuple[torch.Tensor, ...], gelu: bool) -> torch.Tensor:
+    """GELU(u) (or u), u = cat(parts, 1), padded periodically by one pixel per side in
+    `views.buffer`, as a channels_last (B, C, H + 2, W + 2) tensor: the parts are copied into
+    their slices of the interior, the border from the interior, then the GELU runs in place on
+    the whole buffer (contiguous, so vectorised; torch 2.13's `gelu.out` leaves a strided `out`
+    such as the interior unwritten on the CPU)."""
+    for destination, part in zip(views.slices, parts, strict=True):
+        destination.copy_(nhwc(part))
+    for destination, source in views.halo:
+        destination.copy_(source)
+    return (torch.ops.aten.gelu_(views.buffer) if gelu else views.buffer).permute(0, 3, 1, 2)
+
+
+def circular_pad(t: torch.Tensor, gelu: bool = False, skip: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """GELU(u) (or u), u = cat([t, skip], 1), padded periodically by one pixel per side: what a
+    circular 3×3 conv reads, as a channels_last (B, C, H + 2, W + 2) tensor, written into `out`
+    (a contiguous (B, H + 2, W + 2, C)) if given, else into a new tensor (`fill_padded`)."""
+    parts = (t,) if skip is None else (t, skip)
+    channels = tuple(part.shape[1] for part in parts)
+    if out is None:
+        out = t.new_empty(t.shape[0], t.shape[2] + 2, t.shape[3] + 2, sum(channels))
+    return fill_padded(pad_views(out, channels), parts, gelu)
+
+
+class _Scratch(threading.local):
+    """This thread's scratch memory (one flat buffer, grown to the largest request yet) and the
+    `PadViews` of it used so far (valid until it grows)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.views: dict[tuple[int, ...], PadViews] = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def scratch(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """A (B, *shape) tensor of like's dtype, B = like's batch, in this thread's scratch memory:
+    the same memory on every call, its contents left over, valid until the next call."""
+    size = like.shape[0] * math.prod(shape)
+    buffer = _SCRATCH.buffer
+    if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype:
+        with torch.inference_mode(False):   # a normal tensor: writable in place in any mode
+            buffer = _SCRATCH.buffer = like.new_empty(size)
+        _SCRATCH.views.clear()
+    return buffer[:size].view(like.shape[0], *shape)
+
+
+def padded(t: torch.Tensor, gelu: bool = False, skip: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """`circular_pad(t, gelu, skip)` in this thread's scratch memory (valid until its next use),
+    through views kept from call to call (per-call overhead: a few copies, no indexing)."""
+    parts = (t,) if skip is None else (t, skip)
+    b, _, h, w = t.shape
+    key = (b, h, w, *(part.shape[1] for part in parts))
+    views = _SCRATCH.views.get(key)
+    if views is None:
+        buffer = scratch(t, h + 2, w + 2, sum(key[3:]))
+        views = _SCRATCH.views[key] = pad_views(buffer, key[3:])
+    return fill_padded(views, parts, gelu)
 
 
 def conv(conv: nn.Conv2d, t: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """conv(GELU(t)) (or conv(t)) of a circular conv, on the CPU fast path."""
-    return F.conv2d(circular_pad(t, gelu), conv.weight, conv.bias, conv.stride)
+    return F.conv2d(padded(t, gelu), conv.weight, conv.bias, conv.stride)
 
 
 def shifted(h: torch.Tensor, shifts: nn.ModuleList, embeddings: tuple[torch.Tensor, ...]
@@ -97,13 +193,27 @@ def stacked(convs: Iterable[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs])
 
 
+def add_shortcut(h: torch.Tensor, shortcut: nn.Module, x: torch.Tensor,
+                 skip: torch.Tensor | None) -> torch.Tensor:
+    """h + shortcut(cat([x, skip], 1)) in place: a 1×1 conv reads x and skip with its weight
+    split between them (as ops.conv_block's torch path, no cat); the identity is added."""
+    weight = getattr(shortcut, "weight", None)
+    if weight is None:
+        return h.add_(x if skip is None else torch.cat([x, skip], dim=1))
+    c = x.shape[1]
+    h.add_(F.conv2d(x, weight[:, :c], shortcut.bias))
+    return h if skip is None else h.add_(F.conv2d(skip, weight[:, c:]))
+
+
 def block(residual: nn.Module, x: torch.Tensor, skip: torch.Tensor | None,
-                embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """A `ResidualBlock` (ops.conv_block's arithmetic) on the CPU fast path, shifts in place."""
-    u = x if skip is None else torch.cat([x, skip], dim=1)
-    h = shifted(conv(residual.conv1, u, gelu=True), residual.shift1, embeddings)
-    h = shifted(conv(residual.conv2, h, gelu=True), residual.shift2, embeddings)
-    return h.add_(residual.shortcut(u))
+          embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A `ResidualBlock` (ops.conv_block's arithmetic) on the CPU fast path: conv1 reads GELU(x)
+    and GELU(skip) side by side in the padded buffer, conv2 the GELU of conv1's output taken in
+    place, shifts and the shortcut added in place."""
+    h = F.conv2d(padded(x, True, skip), residual.conv1.weight, residual.conv1.bias)
+    h = shifted(h, residual.shift1, embeddings)
+    h = shifted(conv(residual.conv2, gelu_nhwc(h, inplace=True)), residual.shift2, embeddings)
+    return add_shortcut(h, residual.shortcut, x, skip)
 
 
 def unit(module: nn.Module, h: torch.Tensor, skip: torch.Tensor | None = None,
@@ -116,7 +226,7 @@ def unit(module: nn.Module, h: torch.Tensor, skip: torch.Tensor | None = None,
 def heads_features(heads: nn.ModuleList, h: torch.Tensor) -> list[torch.Tensor]:
     """Each `LevelHead`'s `features(h)`: the heads share GELU(h) and its halo and run their convs
     as one, conv1 stacked, conv2 grouped."""
-    mid = F.conv2d(circular_pad(h, gelu=True), *stacked(head.conv1 for head in heads))
+    mid = F.conv2d(padded(h, gelu=True), *stacked(head.conv1 for head in heads))
     mid = F.conv2d(gelu_nhwc(mid, inplace=True), *stacked(head.conv2 for head in heads),
                    groups=len(heads))
     return [F.gelu(head.fc1(m.flatten(1)))
