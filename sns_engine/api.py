@@ -78,7 +78,8 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     backend: fused-op implementation: "auto", "torch", "triton" or "cuda"; auto takes the CUDA
         extension if built, else Triton on a GPU, else torch (default 'auto')
     graphs: replay the network calls as CUDA graphs (CUDA only) (default True)
-    bf16: bfloat16 network forwards (default False)
+    bf16: bfloat16 network forwards on a GPU; a CPU rollout stays float32 (CPU bf16 autocast ran
+        ≈ 50× slower than the fp32 fast path, bench/README.md) (default False)
     resume: continue the rollout in `out` from its last checkpoint (default False)
     overwrite: replace the ensemble store at `out` (default False)
     checkpoint_every: physical steps between resume checkpoints, a multiple of `save_every`; by
