@@ -23,7 +23,7 @@ from .test_import import GRID, build, emulator_config, refiner_config, save
 
 SEED, STEPS, BATCH = 5, 2, 8
 N = 10                                  # levels: short walks keep the test fast
-TOL = dict(rtol=1e-4, atol=1e-4)
+TOL = dict(rtol=1e-4, atol=1e-4)      # on states in units of their member's largest |value| (≥ 1)
 SYSTEMS = {"kolmogorov": dict(channels=1, attention="ns", std=[4.44], threshold=None, ramp=0.0,
                               params={"output_grid": GRID, "solver_grid": 32}),
            "qg": dict(channels=2, attention="qg", std=[7.6382e-6, 3.0120e-7], threshold=5, ramp=-0.1,
@@ -105,7 +105,11 @@ def test_imported_bundle_rolls_out_as_the_authors_loop(imported, system, path):
     std = torch.tensor(spec["std"])[:, None, None]
     ours = rollout(bundle, batch=BATCH, steps=STEPS, path=path, initial=x0 * std, seed=SEED,
                    backend="torch", bound=1e6, device="cpu", quiet=True)
-    torch.testing.assert_close(ours.states / std, theirs, **TOL)
+    # float32 rounding scales with a member's magnitude, and the initial states span 10^±1.5, so
+    # members of |x| ~ 10³ are compared in units of their own largest value (a wrong level, noise
+    # or path is off by O(1) of it)
+    scale = theirs.flatten(1).abs().amax(1).clamp_min(1.0).reshape(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(ours.states / std / scale, theirs / scale, **TOL)
     # their classes (short, t) + 1 are our levels (n_x, n_y); every member walks (Kolmogorov) or
     # those with a class > 5 (QG); the members really sit at different levels
     levels = ours.levels
