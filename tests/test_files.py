@@ -55,3 +55,25 @@ def test_written_files_get_the_permissions_of_a_new_file(tmp_path, mask):
         os.umask(old)
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_an_interrupt_inside_interrupts_deferred_is_raised_when_the_block_ends():
+    import os
+    import signal
+
+    from sns_engine.files import interrupts_deferred
+
+    finished = []
+    # a suite started in the background inherits SIGINT ignored: Python's own handler for the test
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                finished.append("the block ran to its end")
+        assert finished == ["the block ran to its end"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+        with interrupts_deferred():  # no interrupt: nothing raised
+            pass
+    finally:
+        signal.signal(signal.SIGINT, outer)

@@ -52,6 +52,7 @@ from sns_engine.engine.rules import (
     state_flags,
 )
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
+from sns_engine.files import interrupts_deferred
 from sns_engine.models.unet import find_unet, forward_flops
 from sns_engine.ops import rng
 from sns_engine.ops.dispatch import resolve_backend
@@ -386,7 +387,8 @@ def drive(engine: Engine, steps: int, save_every: int, writer=None, checkpoint=N
                         states.append(engine.x.cpu().clone())
                 if checkpoint is not None and checkpoint_every and (
                         engine.next_step % checkpoint_every == 0 or engine.next_step == steps):
-                    writer.flush(engine.flags, engine.flagged_at)
-                    checkpoint(engine.next_step)
+                    with interrupts_deferred():  # Ctrl-C lands after the checkpoint, not inside
+                        writer.flush(engine.flags, engine.flagged_at)
+                        checkpoint(engine.next_step)
             bar.update(1)
     return states, levels, moves
