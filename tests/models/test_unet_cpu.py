@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from sns_engine.models import unet_cpu
 from sns_engine.models.unet import LevelHead, ResidualBlock
 
+from .test_unet import randomize
+
 CL = torch.channels_last
 
 
@@ -102,16 +104,6 @@ def test_scratch_made_in_inference_mode_is_writable_outside_it():
         assert unet_cpu.scratch(torch.empty(1), 10).fill_(2.0).sum().item() == 20.0
 
 
-def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random values in every parameter (the init zeroes some layers, which would hide them)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            std = p[0].numel() ** -0.5 if p.ndim > 1 else 0.1
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return module
-
-
 @pytest.mark.parametrize("c_x, c_skip, c_out, embeddings", [
     (5, 0, 5, 0),    # identity shortcut (the middle blocks)
     (3, 0, 6, 0),    # 1×1 shortcut (an encoder block)
@@ -120,7 +112,7 @@ def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 ])
 def test_block_equals_the_eager_residual_block(c_x, c_skip, c_out, embeddings):
     """On 9 × 7 pixels, its scratch memory poisoned before the call."""
-    block = randomized(ResidualBlock(c_x + c_skip, c_out, embeddings, width=4), seed=c_x + c_out)
+    block = randomize(ResidualBlock(c_x + c_skip, c_out, embeddings, width=4), seed=c_x + c_out)
     x = fresh(3, c_x, 9, 7, seed=10)
     skip = fresh(3, c_skip, 9, 7, seed=11) if c_skip else None
     embs = tuple(fresh(3, 4, seed=12 + j, layout=torch.contiguous_format)
@@ -134,7 +126,7 @@ def test_block_equals_the_eager_residual_block(c_x, c_skip, c_out, embeddings):
 
 
 def test_heads_features_equal_each_heads_eager_features():
-    heads = torch.nn.ModuleList(randomized(LevelHead(6, 5, 3, 8, 4), seed=20 + i)
+    heads = torch.nn.ModuleList(randomize(LevelHead(6, 5, 3, 8, 4), seed=20 + i)
                                 for i in range(2))
     h = fresh(3, 6, 5, 5, seed=21)
     with torch.no_grad():
