@@ -65,13 +65,6 @@ def halo_pairs(padded: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor],
             (padded[:, :, 0], padded[:, :, -2]), (padded[:, :, -1], padded[:, :, 1]))
 
 
-def wrap_halo(padded: torch.Tensor) -> torch.Tensor:
-    """Fill the border of a (B, H + 2, W + 2, C) tensor from its interior (`halo_pairs`)."""
-    for destination, source in halo_pairs(padded):
-        destination.copy_(source)
-    return padded
-
-
 class PadViews(NamedTuple):
     """Views of a contiguous (B, H + 2, W + 2, C) buffer for `fill_padded`."""
 
@@ -100,15 +93,14 @@ def fill_padded(views: PadViews, parts: tuple[torch.Tensor, ...], gelu: bool) ->
     return (torch.ops.aten.gelu_(views.buffer) if gelu else views.buffer).permute(0, 3, 1, 2)
 
 
-def circular_pad(t: torch.Tensor, gelu: bool = False, skip: torch.Tensor | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+def circular_pad(t: torch.Tensor, gelu: bool = False, skip: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """GELU(u) (or u), u = cat([t, skip], 1), padded periodically by one pixel per side: what a
-    circular 3×3 conv reads, as a channels_last (B, C, H + 2, W + 2) tensor, written into `out`
-    (a contiguous (B, H + 2, W + 2, C)) if given, else into a new tensor (`fill_padded`)."""
+    circular 3×3 conv reads, as a channels_last (B, C, H + 2, W + 2) tensor in new memory
+    (`padded` writes the same into scratch memory)."""
     parts = (t,) if skip is None else (t, skip)
     channels = tuple(part.shape[1] for part in parts)
-    if out is None:
-        out = t.new_empty(t.shape[0], t.shape[2] + 2, t.shape[3] + 2, sum(channels))
+    out = t.new_empty(t.shape[0], t.shape[2] + 2, t.shape[3] + 2, sum(channels))
     return fill_padded(pad_views(out, channels), parts, gelu)
 
 
