@@ -1,0 +1,106 @@
+"""Stage 2's verdicts (stage2-plan.md, H6–H8): each stage-2 arm paired by member against its
+stage-1 counterpart of the committed pilot, from the studies' own metrics.json.
+
+    python results/refinement-ablation/stage2.py PILOT_METRICS OUT_JSON \
+        STAGE2_METRICS::ARM::COUNTERPART::RULE ...
+
+RULE is `stability` (H6, H8: better = stable longer for >= 6 of 8 members and a higher median,
+worse = longer for <= 2 of 8) or `error` (H7: worse = higher last-window spectrum error for
+>= 6 of 8 members, better = lower for >= 6 of 8; a member stable for less time than its
+counterpart counts as worse whatever its error). Refuses unless the two studies ran the same
+settings from the same initial states (the emulator's per-member stability times, same weights,
+must be equal). Writes OUT_JSON and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+SAME = ("criteria", "horizon", "members", "overrides", "pilot_steps", "preset", "reference_snapshots",
+        "reference_spinup", "reference_trajectories", "rollout", "save_every", "seed", "system",
+        "trajectory_batch", "windows")
+
+
+def stability(metrics: dict, method: str, horizon: float) -> list[float]:
+    """Per-member stability times, a member stable to the horizon censored at it."""
+    times = metrics["methods"][method]["report"]["per_member"]["stability_time"]
+    return [horizon if t is None else t for t in times]
+
+
+def last_error(metrics: dict, method: str) -> list[float]:
+    return metrics["methods"][method]["report"]["per_member"]["last_window_spectrum_error"]["energy"]
+
+
+def check_same_runs(pilot: dict, stage2: dict) -> None:
+    """Refuse unless both studies ran the same settings, initial states and emulator."""
+    differ = [k for k in SAME if pilot["study"].get(k) != stage2["study"].get(k)]
+    if differ:
+        raise SystemExit(f"the studies differ in {differ}")
+    if stability(pilot, "emulator", 0) != stability(stage2, "emulator", 0):
+        raise SystemExit("the emulator's stability times differ: not the same initial states")
+
+
+def verdict(arm: list[float], counterpart: list[float], arm_err: list[float],
+            counterpart_err: list[float], rule: str) -> dict:
+    """The stage-2 plan's rule, with the counts it rests on."""
+    longer = sum(a > b for a, b in zip(arm, counterpart, strict=True))
+    shorter = sum(a < b for a, b in zip(arm, counterpart, strict=True))
+    out = {"longer": longer, "shorter": shorter, "tied": len(arm) - longer - shorter,
+           "median": statistics.median(arm), "counterpart_median": statistics.median(counterpart)}
+    if rule == "stability":
+        better = longer >= 6 and out["median"] > out["counterpart_median"]
+        worse = longer <= 2
+    else:
+        worse_members = [a < b or (a == b and e > c) for a, b, e, c
+                         in zip(arm, counterpart, arm_err, counterpart_err, strict=True)]
+        lower = sum(a >= b and e < c for a, b, e, c
+                    in zip(arm, counterpart, arm_err, counterpart_err, strict=True))
+        out.update(higher_error=sum(worse_members), lower_error=lower)
+        worse, better = sum(worse_members) >= 6, lower >= 6
+    out["verdict"] = "better" if better else "worse" if worse else "undecided"
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pilot", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("pairs", nargs="+", help="STAGE2_METRICS::ARM::COUNTERPART::RULE")
+    args = parser.parse_args()
+    pilot = json.loads(args.pilot.read_text())
+    rows = []
+    for pair in args.pairs:
+        path, arm, counterpart, rule = pair.split("::")
+        if rule not in ("stability", "error"):
+            raise SystemExit(f"{pair}: rule must be stability or error, not {rule}")
+        stage2 = json.loads(Path(path).read_text())
+        check_same_runs(pilot, stage2)
+        horizon = stage2["methods"][arm]["summary"]["horizon_time"]
+        times, base = stability(stage2, arm, horizon), stability(pilot, counterpart, horizon)
+        row = {"study": path, "arm": arm, "counterpart": counterpart, "rule": rule,
+               "stability_times": times, "counterpart_times": base,
+               "last_error": last_error(stage2, arm),
+               "counterpart_last_error": last_error(pilot, counterpart),
+               "summary": stage2["methods"][arm]["summary"],
+               **verdict(times, base, last_error(stage2, arm), last_error(pilot, counterpart), rule)}
+        rows.append(row)
+    args.out.write_text(json.dumps({"pilot": str(args.pilot), "rows": rows}, indent=1) + "\n")
+    print("| arm | vs pilot's | stable at horizon | median stability | longer / shorter / tied "
+          "| median last-window spectrum error (pilot's) | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        stable = sum(t >= r["summary"]["horizon_time"] for t in r["stability_times"])
+        errors = [e for e in r["last_error"] if math.isfinite(e)]
+        print(f"| {r['arm']} ({r['study']}) | {r['counterpart']} | {stable} of {len(r['stability_times'])} "
+              f"| {r['median']:.2f} ({r['counterpart_median']:.2f}) "
+              f"| {r['longer']} / {r['shorter']} / {r['tied']} "
+              f"| {statistics.median(errors):.3g} ({statistics.median(r['counterpart_last_error']):.3g}) "
+              f"| {r['verdict']} |")
+
+
+if __name__ == "__main__":
+    main()
