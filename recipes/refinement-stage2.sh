@@ -4,6 +4,8 @@
 #   bash recipes/refinement-stage2.sh refiner       # the shipped refiner trained on to 2x, then 4x
 #   bash recipes/refinement-stage2.sh thermalizer   # the shipped Thermalizer trained on to 8 000 steps
 #   bash recipes/refinement-stage2.sh walk-bias     # the walk-bias table of each finished bundle
+#   bash recipes/refinement-stage2.sh pilot refiner-2x|thermalizer-8k [--only METHOD...]
+#                                                   # its pilot arms (stage2-plan.md)
 # Needs the default bundle's training data, out/default/data.zarr (README, "Reproducing the embedded
 # default bundle", first command) and, for walk-bias, out/heldout-12345.zarr (results/walk-bias).
 # Each training starts from the embedded bundle's model (--init-from: its weights at its step count,
@@ -42,7 +44,7 @@ finished() {  # bundle model steps: whether the bundle's model has that many ste
     $py -c "import json,sys; m=json.load(open('$1/config.json'))['models']['$2']; sys.exit(m.get('step') != $3)"
 }
 
-case "${1:?refiner, thermalizer or walk-bias}" in
+case "${1:?refiner, thermalizer, walk-bias or pilot}" in
     refiner)
         finished out/stage2/refiner-2x refiner 16000 2>/dev/null || train refiner out/stage2/refiner-2x 16000
         [ -d out/stage2/refiner-4x ] || { rm -rf out/stage2/.refiner-4x && cp -r out/stage2/refiner-2x out/stage2/.refiner-4x &&
@@ -57,5 +59,24 @@ case "${1:?refiner, thermalizer or walk-bias}" in
             [ -f "results/walk-bias/$name/walk-bias.json" ] ||
                 $py results/walk-bias/run.py out/heldout-12345.zarr "results/walk-bias/$name" "out/stage2/$name"
         done ;;
-    *) echo "unknown stage $1: refiner, thermalizer or walk-bias" >&2; exit 2 ;;
+    pilot)
+        name=${2:?refiner-2x or thermalizer-8k}; shift 2
+        case "$name" in
+            refiner-2x) methods=(emulator left_down 'left_down[long=lagged]') ;;
+            thermalizer-8k) methods=(emulator thermalizer 'thermalizer[match=left_down]') ;;
+            *) echo "no stage-2 pilot for $name: refiner-2x or thermalizer-8k" >&2; exit 2 ;;
+        esac
+        # the pilot's reference and solver control (same seeds, so the same initial states)
+        [ -d out/ablation-pilot/data/control.zarr ] ||
+            bash recipes/refinement-ablation.sh pilot --only emulator --quiet
+        mkdir -p "out/stage2-pilot-$name/data"
+        for s in reference control; do
+            [ -d "out/stage2-pilot-$name/data/$s.zarr" ] ||
+                cp -r "out/ablation-pilot/data/$s.zarr" "out/stage2-pilot-$name/data/$s.zarr"
+        done
+        $cli study kolmogorov --preset cpu --bundle "out/stage2/$name" --reference-trajectories 8 \
+            --reference-snapshots 301 --reference-spinup 20000 --save-every 10 --trajectory-batch 8 \
+            --members 8 --horizon 2000 --windows 4 --out "out/stage2-pilot-$name" \
+            --methods "${methods[@]}" "$@" ;;
+    *) echo "unknown stage $1: refiner, thermalizer, walk-bias or pilot" >&2; exit 2 ;;
 esac
