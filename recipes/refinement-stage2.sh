@@ -4,7 +4,7 @@
 #   bash recipes/refinement-stage2.sh refiner       # the shipped refiner trained on to 2x, then 4x
 #   bash recipes/refinement-stage2.sh thermalizer   # the shipped Thermalizer trained on to 8 000 steps
 #   bash recipes/refinement-stage2.sh walk-bias     # the walk-bias table of each finished bundle
-#   bash recipes/refinement-stage2.sh pilot refiner-2x|thermalizer-8k [--only METHOD...]
+#   bash recipes/refinement-stage2.sh pilot refiner-2x|thermalizer-8k [--only METHOD...] [--quiet]
 #                                                   # its pilot arms (stage2-plan.md)
 # Needs the default bundle's training data, out/default/data.zarr (README, "Reproducing the embedded
 # default bundle", first command) and, for walk-bias, out/heldout-12345.zarr (results/walk-bias).
@@ -62,8 +62,11 @@ case "${1:?refiner, thermalizer, walk-bias or pilot}" in
     pilot)
         name=${2:?refiner-2x or thermalizer-8k}; shift 2
         case "$name" in
-            refiner-2x) methods=(emulator left_down 'left_down[long=lagged]') ;;
-            thermalizer-8k) methods=(emulator thermalizer 'thermalizer[match=left_down]') ;;
+            refiner-2x) methods=(emulator left_down 'left_down[long=lagged]'); only=("${methods[@]}") ;;
+            # left_down is listed for match= to measure; its arm is the stage-1 pilot's (same
+            # refiner), so it is not rolled out here
+            thermalizer-8k) methods=(emulator left_down thermalizer 'thermalizer[match=left_down]')
+                            only=(emulator thermalizer 'thermalizer[match=left_down]') ;;
             *) echo "no stage-2 pilot for $name: refiner-2x or thermalizer-8k" >&2; exit 2 ;;
         esac
         # the pilot's reference and solver control (same seeds, so the same initial states)
@@ -77,6 +80,6 @@ case "${1:?refiner, thermalizer, walk-bias or pilot}" in
         $cli study kolmogorov --preset cpu --bundle "out/stage2/$name" --reference-trajectories 8 \
             --reference-snapshots 301 --reference-spinup 20000 --save-every 10 --trajectory-batch 8 \
             --members 8 --horizon 2000 --windows 4 --out "out/stage2-pilot-$name" \
-            --methods "${methods[@]}" "$@" ;;
+            --methods "${methods[@]}" --only "${only[@]}" "$@" ;;   # a later --only wins
     *) echo "unknown stage $1: refiner, thermalizer, walk-bias or pilot" >&2; exit 2 ;;
 esac
