@@ -113,7 +113,8 @@ def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, qu
     spent = _rollout_stage(cfg, plan, out, bundle, stores["control"], log, quiet, device, only)
     reports = _evaluate_stage(cfg, spent, out, stores, log)
     report = out / "report.md"
-    run = not report.exists() or log.ran("data", "train", "plan", "rollout", "evaluate")
+    run = (not report.exists() or log.ran("data", "train", "plan", "rollout", "evaluate")
+           or not set(reports) <= _reported_methods(out))
     if plan["pending"] and not quiet:
         print(f"waiting for models {missing}: methods {plan['pending']} are not rolled out yet; "
               "rerun the same command once the bundle holds them")
@@ -121,6 +122,13 @@ def run_study(system: str, preset: str = "cpu", out: str | Path = "study", *, qu
         if run:
             write_report(cfg, out, plan, reports, spent, json.loads(log.path.read_text()))
     return report
+
+
+def _reported_methods(out: Path) -> set[str]:
+    """The methods (and solver) the study's last report covers: another invocation sharing the
+    folder (`only`) may have finished a rollout after that report was written."""
+    metrics = out / "metrics.json"
+    return set(json.loads(metrics.read_text())["methods"]) if metrics.exists() else set()
 
 
 def _claim(out: Path, cfg: StudyConfig) -> None:
