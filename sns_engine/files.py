@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,9 +62,6 @@ def interrupts_deferred() -> Iterator[None]:
     KeyboardInterrupt when the block ends, so an interrupt never abandons a store write half way
     (Zarr's writes wait on its event loop; a write cut there leaves coroutines that print warnings
     at exit). Only in the main thread, which is where Python handles signals; elsewhere a no-op."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -18,11 +18,11 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
-SAME = ("criteria", "horizon", "members", "overrides", "pilot_steps", "preset", "reference_snapshots",
-        "reference_spinup", "reference_trajectories", "rollout", "save_every", "seed", "system",
-        "trajectory_batch", "windows")
+sys.path.insert(0, str(Path(__file__).parent))
+from decisive import SAME  # noqa: E402  (the settings two studies must share)
 
 
 def stability(metrics: dict, method: str, horizon: float) -> list[float]:
