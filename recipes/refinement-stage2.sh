@@ -6,6 +6,9 @@
 #   bash recipes/refinement-stage2.sh walk-bias     # the walk-bias table of each finished bundle
 #   bash recipes/refinement-stage2.sh pilot refiner-2x|thermalizer-8k [--only METHOD...] [--quiet]
 #                                                   # its pilot arms (stage2-plan.md)
+#   bash recipes/refinement-stage2.sh decisive refiner-2x|thermalizer-8k [--only METHOD...] [--quiet]
+#                                                   # its decisive arms (stage2-plan-5.md); the
+#                                                   # refiner-2x study makes the solver control
 # Needs the default bundle's training data, out/default/data.zarr (README, "Reproducing the embedded
 # default bundle", first command) and, for walk-bias, out/heldout-12345.zarr (results/walk-bias).
 # Each training starts from the embedded bundle's model (--init-from: its weights at its step count,
@@ -40,11 +43,26 @@ train() {  # model bundle steps: start from the embedded model, or resume the ru
     fi
 }
 
+study() {  # name out members horizon windows [STORE:FOLDER...] [study options]: a study of
+           # out/stage2/NAME's bundle with $methods, rolling out $only; each STORE (reference,
+           # control) copied from FOLDER/data rather than generated again
+    local name=$1 out=$2 members=$3 horizon=$4 windows=$5; shift 5
+    mkdir -p "$out/data"
+    while [[ ${1:-} == *:* ]]; do
+        [ -d "$out/data/${1%%:*}.zarr" ] || cp -r "${1#*:}/data/${1%%:*}.zarr" "$out/data/"
+        shift
+    done
+    $cli study kolmogorov --preset cpu --bundle "out/stage2/$name" --reference-trajectories 8 \
+        --reference-snapshots 301 --reference-spinup 20000 --save-every 10 --trajectory-batch 8 \
+        --members "$members" --horizon "$horizon" --windows "$windows" --out "$out" \
+        --methods "${methods[@]}" --only "${only[@]}" "$@"   # a later --only wins
+}
+
 finished() {  # bundle model steps: whether the bundle's model has that many steps
     $py -c "import json,sys; m=json.load(open('$1/config.json'))['models']['$2']; sys.exit(m.get('step') != $3)"
 }
 
-case "${1:?refiner, thermalizer, walk-bias or pilot}" in
+case "${1:?refiner, thermalizer, walk-bias, pilot or decisive}" in
     refiner)
         finished out/stage2/refiner-2x refiner 16000 2>/dev/null || train refiner out/stage2/refiner-2x 16000
         [ -d out/stage2/refiner-4x ] || { rm -rf out/stage2/.refiner-4x && cp -r out/stage2/refiner-2x out/stage2/.refiner-4x &&
@@ -72,14 +90,22 @@ case "${1:?refiner, thermalizer, walk-bias or pilot}" in
         # the pilot's reference and solver control (same seeds, so the same initial states)
         [ -d out/ablation-pilot/data/control.zarr ] ||
             bash recipes/refinement-ablation.sh pilot --only emulator --quiet
-        mkdir -p "out/stage2-pilot-$name/data"
-        for s in reference control; do
-            [ -d "out/stage2-pilot-$name/data/$s.zarr" ] ||
-                cp -r "out/ablation-pilot/data/$s.zarr" "out/stage2-pilot-$name/data/$s.zarr"
-        done
-        $cli study kolmogorov --preset cpu --bundle "out/stage2/$name" --reference-trajectories 8 \
-            --reference-snapshots 301 --reference-spinup 20000 --save-every 10 --trajectory-batch 8 \
-            --members 8 --horizon 2000 --windows 4 --out "out/stage2-pilot-$name" \
-            --methods "${methods[@]}" --only "${only[@]}" "$@" ;;   # a later --only wins
-    *) echo "unknown stage $1: refiner, thermalizer, walk-bias or pilot" >&2; exit 2 ;;
+        study "$name" "out/stage2-pilot-$name" 8 2000 4 reference:out/ablation-pilot \
+            control:out/ablation-pilot "$@" ;;
+    decisive)
+        name=${2:?refiner-2x or thermalizer-8k}; shift 2
+        case "$name" in
+            refiner-2x) methods=(emulator 'left_down[level_floor=3]' 'left_down[long=lagged,level_floor=2]')
+                        control=() ;;   # this study makes the 16-member control
+            thermalizer-8k) methods=(emulator thermalizer); control=(control:out/stage2-decisive-refiner-2x)
+                            [ -f out/stage2-decisive-refiner-2x/reports/solver.json ] || {
+                                echo "run the refiner-2x decisive study first (it makes the control)" >&2; exit 2; } ;;
+            *) echo "no stage-2 decisive run for $name: refiner-2x or thermalizer-8k" >&2; exit 2 ;;
+        esac
+        only=("${methods[@]}")
+        [ -d out/ablation-pilot/data/reference.zarr ] ||
+            bash recipes/refinement-ablation.sh pilot --only emulator --quiet
+        study "$name" "out/stage2-decisive-$name" 16 3000 6 reference:out/ablation-pilot \
+            "${control[@]}" "$@" ;;
+    *) echo "unknown stage $1: refiner, thermalizer, walk-bias, pilot or decisive" >&2; exit 2 ;;
 esac

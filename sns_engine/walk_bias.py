@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from sns_engine.bundle import Bundle, check_compatible, load_bundle
-from sns_engine.calibration import data_origin
+from sns_engine.calibration import data_origin, estimator, summary
 from sns_engine.data.datasets import refiner_triples
 from sns_engine.data.store import StoreSpec, TrajectoryStore
 from sns_engine.diagnostics import intervals, spectra
@@ -296,11 +296,13 @@ def _floor(measure: Measure, clean: torch.Tensor, owner: np.ndarray) -> dict[str
 
 
 def training_probe(frames: int = 16, level: int = 10, path: str = "left_down", seed: int = 0,
-                   ) -> Callable[..., dict[str, Any]]:
-    """A cheap walk-bias check for the refiner's training validation: `frames` validation triples
-    (evenly spread), x noised to `level` with y clean, walked by `path` with antithetic noise;
-    returns probe(model, schedule, val_set, store) → {"walk_bias_ke": KE ratio − 1, its
-    "walk_bias_interval" (90 %), "walk_bias_level": level}."""
+                   head_levels: Sequence[int] = (0, 2, 10)) -> Callable[..., dict[str, Any]]:
+    """A cheap walk-bias and head check for the refiner's training validation: `frames` validation
+    triples (evenly spread), x noised to `level` with y clean, walked by `path` with antithetic
+    noise; returns probe(model, schedule, val_set, store) → {"walk_bias_ke": KE ratio − 1, its
+    "walk_bias_interval" (90 %), "walk_bias_level": level, "head_x": {k: median and 10–90 % of
+    n̂_x with x at level k, y clean} for k in `head_levels`} (`calibration.calibrate`'s
+    x_given_clean_y on these frames: whether the x head still reads clean frames as noisy)."""
 
     @torch.no_grad()
     def probe(model: torch.nn.Module, schedule: CosineSchedule, val_set, store: TrajectoryStore,
@@ -317,7 +319,15 @@ def training_probe(frames: int = 16, level: int = 10, path: str = "left_down", s
         measure = Measure(store.spec)
         ratio = pair_means(measure((walked * scale).cpu())[0] / measure((x * scale).cpu())[0], True)
         draws = intervals.resample(ratio.shape[0], 1000, seed)
-        return {"walk_bias_ke": float(ratio.mean() - 1), "walk_bias_level": k,
+        reads, n = estimator(model), len(pick)
+
+        def read_x(j: int) -> dict[str, float]:  # n̂_x with x noised to level j, y clean
+            level = torch.full((n,), j, dtype=torch.long, device=device)
+            noise = torch.randn(x[:n].shape, generator=gen, device=device)
+            return summary(reads(long[:n], y[:n], schedule.q_sample(x[:n], level, noise))[:, 1].cpu())
+
+        head_x = {str(j): read_x(j) for j in head_levels if j <= schedule.num_levels}
+        return {"walk_bias_ke": float(ratio.mean() - 1), "walk_bias_level": k, "head_x": head_x,
                 "walk_bias_interval": intervals.interval(intervals.resampled_means(ratio, draws) - 1)}
 
     return probe

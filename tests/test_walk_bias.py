@@ -184,6 +184,9 @@ def test_training_records_the_walk_bias_at_each_validation(tiny_bundle):
     history = json.loads((tiny_bundle / "train" / "refiner.json").read_text())["history"]
     assert history and all(math.isfinite(h["walk_bias_ke"]) and h["walk_bias_level"] == 10
                            for h in history)
+    for h in history:  # the x head's reading of the probe's frames at levels 0, 2 and 10
+        assert set(h["head_x"]) == {"0", "2", "10"}
+        assert all(0 <= r["p10"] <= r["median"] <= r["p90"] <= 20 for r in h["head_x"].values())
     emulator = json.loads((tiny_bundle / "train" / "emulator.json").read_text())["history"]
     assert all("walk_bias_ke" not in h for h in emulator)
 

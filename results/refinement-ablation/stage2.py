@@ -5,11 +5,14 @@ stage-1 counterpart of the committed pilot, from the studies' own metrics.json.
         STAGE2_METRICS::ARM::COUNTERPART::RULE ...
 
 RULE is `stability` (H6, H8: better = stable longer for >= 6 of 8 members and a higher median,
-worse = longer for <= 2 of 8) or `error` (H7: worse = higher last-window spectrum error for
+worse = longer for <= 2 of 8), `error` (H7: worse = higher last-window spectrum error for
 >= 6 of 8 members, better = lower for >= 6 of 8; a member stable for less time than its
-counterpart counts as worse whatever its error). Refuses unless the two studies ran the same
-settings from the same initial states (the emulator's per-member stability times, same weights,
-must be equal). Writes OUT_JSON and prints the table.
+counterpart counts as worse whatever its error) or `paired` (stage2-plan-5.md, any member count:
+a member is better if stable longer, or stable to the horizon in both and lower in last-window
+spectrum error, worse in the mirror case; better = more better members than worse with a
+two-sided sign-test p <= 0.05 over the untied pairs, worse = the mirror). Refuses unless the two
+studies ran the same settings from the same initial states (the emulator's per-member stability
+times, same weights, must be equal). Writes OUT_JSON and prints the table.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from decisive import SAME  # noqa: E402  (the settings two studies must share)
+
+from sns_engine.diagnostics.statistics import sign_test  # noqa: E402
 
 
 def stability(metrics: dict, method: str, horizon: float) -> list[float]:
@@ -44,13 +49,34 @@ def check_same_runs(pilot: dict, stage2: dict) -> None:
         raise SystemExit("the emulator's stability times differ: not the same initial states")
 
 
+def paired(arm: list[float], counterpart: list[float], arm_err: list[float],
+           counterpart_err: list[float], horizon: float) -> dict:
+    """stage2-plan-5.md's paired rule: per member better (-1), worse (+1) or tied (0), and the
+    sign test of those scores against 0."""
+    def score(a: float, b: float, e: float, c: float) -> int:
+        if a != b:
+            return -1 if a > b else 1
+        return -1 if a >= horizon and e < c else 1 if a >= horizon and e > c else 0
+    scores = [score(*m) for m in zip(arm, counterpart, arm_err, counterpart_err, strict=True)]
+    test = sign_test(scores, [0] * len(scores))
+    verdict = "undecided"
+    if test["p_value"] <= 0.05:
+        verdict = "better" if test["wins"] > test["losses"] else "worse"
+    return {"better_members": test["wins"], "worse_members": test["losses"],
+            "sign_test_p": test["p_value"], "paired_verdict": verdict}
+
+
 def verdict(arm: list[float], counterpart: list[float], arm_err: list[float],
-            counterpart_err: list[float], rule: str) -> dict:
+            counterpart_err: list[float], rule: str, horizon: float) -> dict:
     """The stage-2 plan's rule, with the counts it rests on."""
     longer = sum(a > b for a, b in zip(arm, counterpart, strict=True))
     shorter = sum(a < b for a, b in zip(arm, counterpart, strict=True))
     out = {"longer": longer, "shorter": shorter, "tied": len(arm) - longer - shorter,
            "median": statistics.median(arm), "counterpart_median": statistics.median(counterpart)}
+    if rule == "paired":
+        out.update(paired(arm, counterpart, arm_err, counterpart_err, horizon))
+        out["verdict"] = out.pop("paired_verdict")
+        return out
     if rule == "stability":
         better = longer >= 6 and out["median"] > out["counterpart_median"]
         worse = longer <= 2
@@ -65,6 +91,12 @@ def verdict(arm: list[float], counterpart: list[float], arm_err: list[float],
     return out
 
 
+def paired_counts(row: dict) -> str:
+    if row["rule"] != "paired":
+        return ""
+    return f" ({row['better_members']} better / {row['worse_members']} worse, p = {row['sign_test_p']:.2g})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pilot", type=Path)
@@ -75,8 +107,8 @@ def main() -> None:
     rows = []
     for pair in args.pairs:
         path, arm, counterpart, rule = pair.split("::")
-        if rule not in ("stability", "error"):
-            raise SystemExit(f"{pair}: rule must be stability or error, not {rule}")
+        if rule not in ("stability", "error", "paired"):
+            raise SystemExit(f"{pair}: rule must be stability, error or paired, not {rule}")
         stage2 = json.loads(Path(path).read_text())
         check_same_runs(pilot, stage2)
         horizon = stage2["methods"][arm]["summary"]["horizon_time"]
@@ -86,7 +118,8 @@ def main() -> None:
                "last_error": last_error(stage2, arm),
                "counterpart_last_error": last_error(pilot, counterpart),
                "summary": stage2["methods"][arm]["summary"],
-               **verdict(times, base, last_error(stage2, arm), last_error(pilot, counterpart), rule)}
+               **verdict(times, base, last_error(stage2, arm), last_error(pilot, counterpart), rule,
+                          horizon)}
         rows.append(row)
     args.out.write_text(json.dumps({"pilot": str(args.pilot), "rows": rows}, indent=1) + "\n")
     print("| arm | vs pilot's | stable at horizon | median stability | longer / shorter / tied "
@@ -99,7 +132,7 @@ def main() -> None:
               f"| {r['median']:.2f} ({r['counterpart_median']:.2f}) "
               f"| {r['longer']} / {r['shorter']} / {r['tied']} "
               f"| {statistics.median(errors):.3g} ({statistics.median(r['counterpart_last_error']):.3g}) "
-              f"| {r['verdict']} |")
+              f"| {r['verdict']}{paired_counts(r)} |")
 
 
 if __name__ == "__main__":
