@@ -2,7 +2,7 @@
 metrics.json.
 
     python results/refinement-ablation/decisive.py DECISIVE_METRICS PUBLISHED_METRICS OUT_DIR \
-        --solver-cpu S
+        --solver-cpu S [--add METRICS::NAME ...]
 
 The published arm (`left_down`) of the decisive run was stopped at step 1 277 of 3 000, to give
 its core to the stride arm. Its rollout is issue 14's (results/kolmogorov-attractor): the same
@@ -10,6 +10,9 @@ study settings, initial states, engine seed and bundle. This script checks that 
 have the same thing (settings, the solver control's summary, the emulator's per-member stability
 times) and then takes issue 14's published arm whole; the partial decisive rollout's stability
 times, checked separately (README), agree member for member.
+Each --add is a stage-2 decisive study (stage2-plan-5.md: the same settings, solver control and
+emulator, checked the same way, another bundle); its methods other than the emulator join the
+table as "METHOD @NAME", costed at the decisive run's own CPU seconds per GFLOP.
 Writes decisive.json and frontier-decisive.png into OUT_DIR and prints the table.
 """
 
@@ -60,13 +63,23 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--solver-cpu", type=float, required=True,
                         help="CPU s per member-time-unit of the solver (frontier.solver_cost)")
+    parser.add_argument("--add", action="append", default=[], metavar="METRICS::NAME",
+                        help="a stage-2 decisive study whose arms join the table as 'METHOD @NAME'")
     args = parser.parse_args()
     metrics = json.loads(args.decisive.read_text())
+    flops = frontier.pass_gflop(metrics["study"]["bundle"])
+    # every added arm's cost in CPU seconds comes from its GFLOP and the decisive run's rates
+    rate = frontier.cpu_rates(metrics, flops)
     published = json.loads(args.published.read_text())
     check_same_runs(metrics, published)
     metrics["methods"]["left_down"] = published["methods"]["left_down"]
-    # the published arm's cost in CPU seconds comes from its GFLOP and the decisive run's rates
-    rows = frontier.frontier(metrics, args.solver_cpu, frontier.pass_gflop(metrics["study"]["bundle"]))
+    for spec in args.add:
+        path, name = spec.split("::")
+        stage2 = json.loads(Path(path).read_text())
+        check_same_runs(metrics, stage2)
+        metrics["methods"].update({f"{label} @{name}": entry for label, entry in stage2["methods"].items()
+                                   if label not in ("emulator", "solver")})
+    rows = frontier.frontier(metrics, args.solver_cpu, flops, rate)
     solver = metrics["methods"]["solver"]["summary"]["last"]["energy_ratio"]["energy"]
     for row in rows:
         row["criterion_2"] = criterion_2(row, solver, metrics["study"]["criteria"])
@@ -76,7 +89,7 @@ def main() -> None:
     frontier.plot(rows, horizon, args.out / "frontier-decisive.png")
     (args.out / "decisive.json").write_text(json.dumps(
         {"solver_cpu_per_member_time_unit": args.solver_cpu, "solver_energy_ratio": solver,
-         "published_from": str(args.published), "rows": rows}, indent=1) + "\n")
+         "published_from": str(args.published), "added": args.add, "rows": rows}, indent=1) + "\n")
     print("| arm | stable at horizon | median stability [90 %] | vs published (longer/shorter/tied) "
           "| worst metric × floor [90 %] | KE / reference | GFLOP / member-step | cost vs solver "
           "| criterion 2 |")

@@ -108,10 +108,12 @@ def cpu_rates(metrics: dict, flops: dict) -> dict[bool, float]:
     return {key: cpu / gflop for key, (cpu, gflop) in totals.items()}
 
 
-def frontier(metrics: dict, solver_cpu: float, flops: dict) -> list[dict]:
-    """One row per method: cost and fidelity as the module docstring defines them."""
+def frontier(metrics: dict, solver_cpu: float, flops: dict, rate: dict[bool, float] | None = None,
+             ) -> list[dict]:
+    """One row per method: cost and fidelity as the module docstring defines them (`rate`: CPU
+    seconds per GFLOP, by default `cpu_rates` of the study's own rollouts)."""
     study = metrics["study"]
-    rate = cpu_rates(metrics, flops)
+    rate = rate or cpu_rates(metrics, flops)
     floor = metrics["methods"]["solver"]["summary"]["last"]
     rows = []
     for label, entry in metrics["methods"].items():
@@ -141,7 +143,10 @@ def frontier(metrics: dict, solver_cpu: float, flops: dict) -> list[dict]:
 
 SHORT = {"left_down": "published (left_down)", "left_down[level_floor=10,every=5]": "floor 10, every 5",
          "left_down[long=lagged]": "lagged long frame", "left_down[walk=ddim]": "DDIM walk",
-         "left_down[level_floor=5]": "floor 5"}
+         "left_down[level_floor=5]": "floor 5",
+         "left_down[level_floor=3] @refiner-2x": "floor 3, refiner 2×",
+         "left_down[long=lagged,level_floor=2] @refiner-2x": "lagged + floor 2, refiner 2×",
+         "thermalizer @thermalizer-8k": "Thermalizer (8 000 steps)"}
 
 
 def plot(rows: list[dict], horizon: float, out: Path) -> None:
