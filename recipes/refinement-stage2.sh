@@ -4,8 +4,8 @@
 #   bash recipes/refinement-stage2.sh refiner       # the shipped refiner trained on to 2x, then 4x
 #   bash recipes/refinement-stage2.sh thermalizer   # the shipped Thermalizer trained on to 8 000 steps
 #   bash recipes/refinement-stage2.sh walk-bias     # the walk-bias table of each finished bundle
-#   bash recipes/refinement-stage2.sh pilot refiner-2x|thermalizer-8k [--only METHOD...] [--quiet]
-#                                                   # its pilot arms (stage2-plan.md)
+#   bash recipes/refinement-stage2.sh pilot refiner-2x|refiner-4x|thermalizer-8k [--only METHOD...] [--quiet]
+#                                                   # its pilot arms (stage2-plan.md, -5.md)
 #   bash recipes/refinement-stage2.sh decisive refiner-2x|thermalizer-8k [--only METHOD...] [--quiet]
 #                                                   # its decisive arms (stage2-plan-5.md); the
 #                                                   # refiner-2x study makes the solver control
@@ -78,14 +78,16 @@ case "${1:?refiner, thermalizer, walk-bias, pilot or decisive}" in
                 $py results/walk-bias/run.py out/heldout-12345.zarr "results/walk-bias/$name" "out/stage2/$name"
         done ;;
     pilot)
-        name=${2:?refiner-2x or thermalizer-8k}; shift 2
+        name=${2:?refiner-2x, refiner-4x or thermalizer-8k}; shift 2
         case "$name" in
             refiner-2x) methods=(emulator left_down 'left_down[long=lagged]'); only=("${methods[@]}") ;;
+            refiner-4x) methods=(emulator left_down 'left_down[long=lagged,level_floor=2]')
+                        only=("${methods[@]}") ;;
             # left_down is listed for match= to measure; its arm is the stage-1 pilot's (same
             # refiner), so it is not rolled out here
             thermalizer-8k) methods=(emulator left_down thermalizer 'thermalizer[match=left_down]')
                             only=(emulator thermalizer 'thermalizer[match=left_down]') ;;
-            *) echo "no stage-2 pilot for $name: refiner-2x or thermalizer-8k" >&2; exit 2 ;;
+            *) echo "no stage-2 pilot for $name: refiner-2x, refiner-4x or thermalizer-8k" >&2; exit 2 ;;
         esac
         # the pilot's reference and solver control (same seeds, so the same initial states)
         [ -d out/ablation-pilot/data/control.zarr ] ||
