@@ -319,8 +319,8 @@ def train(model: str, data: str | Path, out: str | Path, *, preset: str = TrainC
     init_from: a bundle directory whose model of this kind the run starts from, at its step
         count, to train it longer: `steps` is then the total (fresh optimizer moments; default None)
     walk_probe: a refiner records, at every validation, the walk bias of 16 validation frames
-        walked back from level 10 (sns_engine.walk_bias.training_probe; a few seconds) in its
-        training history (default True)
+        walked back from level 10 and its x head's reading of them at levels 0, 2 and 10
+        (sns_engine.walk_bias.training_probe; a few seconds) in its training history (default True)
     quiet: no progress bar (default False)
     Hyper-parameters:
     """
