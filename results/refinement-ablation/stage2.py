@@ -63,7 +63,7 @@ def paired(arm: list[float], counterpart: list[float], arm_err: list[float],
     if test["p_value"] <= 0.05:
         verdict = "better" if test["wins"] > test["losses"] else "worse"
     return {"better_members": test["wins"], "worse_members": test["losses"],
-            "sign_test_p": test["p_value"], "paired_verdict": verdict}
+            "sign_test_p": test["p_value"], "verdict": verdict}
 
 
 def verdict(arm: list[float], counterpart: list[float], arm_err: list[float],
@@ -74,9 +74,7 @@ def verdict(arm: list[float], counterpart: list[float], arm_err: list[float],
     out = {"longer": longer, "shorter": shorter, "tied": len(arm) - longer - shorter,
            "median": statistics.median(arm), "counterpart_median": statistics.median(counterpart)}
     if rule == "paired":
-        out.update(paired(arm, counterpart, arm_err, counterpart_err, horizon))
-        out["verdict"] = out.pop("paired_verdict")
-        return out
+        return {**out, **paired(arm, counterpart, arm_err, counterpart_err, horizon)}
     if rule == "stability":
         better = longer >= 6 and out["median"] > out["counterpart_median"]
         worse = longer <= 2
