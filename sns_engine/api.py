@@ -96,10 +96,11 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         shared among the node's ranks; for the rest one torch thread per process on a machine of
         ≤ 2 cores, else as the steps (default None)
     processes: worker processes a CPU rollout splits its members over, each on one thread, as
-        torchrun's ranks (sns_engine/engine/processes.py; the results do not depend on it): a
-        batch that splits in chunks, threads= at most 1, no torchrun, no GPU, not the reference
-        engine; a store is resumed with as many. A script that passes it calls rollout under
-        `if __name__ == "__main__":` (the workers are spawned). 1: this process only (default 1)
+        torchrun's ranks (sns_engine/engine/processes.py; the results do not depend on it, a
+        refined path's states but for float rounding): a batch that splits in chunks, threads= at
+        most 1, no torchrun, no GPU, not the reference engine; a store is resumed with as many. A
+        script that passes it calls rollout under `if __name__ == "__main__":` (the workers are
+        spawned). 1: this process only (default 1)
     Rollout settings:
     """
     check_type("batch", batch, int)

@@ -2,8 +2,11 @@
 
 N spawned worker processes each roll out a contiguous, chunk-aligned share of the members
 (`Shard.local`) on one torch thread with no thread split of their own, exactly as N torchrun ranks
-would: a member's trajectory depends only on its id (its noise is keyed by it), so any split
-gives the same members. Unlike the threads of engine/parallel.py, the processes share no GIL.
+would: a member's trajectory depends only on its id (its noise is keyed by it), so each share is
+rolled out bit for bit as it would be alone. Against one process of the whole batch, levels, moves
+and flags are the same; a refined path's states may differ in the last bits, as with threads=: a
+walk batches a member's network calls with whichever members walk with it, and oneDNN's
+convolutions are not batch-invariant. Unlike engine/parallel.py's threads, processes share no GIL.
 
 The parent does what torchrun's rank 0 does before the others start (it creates or checks the
 ensemble store, so no barrier is needed), starts the workers with the 'spawn' method (JAX may be
@@ -73,7 +76,7 @@ def run(target: Target, world: int, members: Sequence[int], keep_going: bool) ->
     one torch thread; `target` must pickle (a module-level function, or a partial of one, with
     picklable arguments). `members` (every member's id) names a failed worker's share. With
     `keep_going` the other workers finish when one fails, else they are stopped; then a
-    WorkerError names the first that failed."""
+    WorkerError names the failed worker (the lowest rank if several did)."""
     ctx = multiprocessing.get_context("spawn")
     procs: list[multiprocessing.process.BaseProcess] = []
     pending: dict[Connection, int] = {}
