@@ -46,13 +46,14 @@ CHUNK = 16                  # members per network call (cache-sized on the CPU)
 
 def held_out_triples(loaded: Bundle, data: str | Path, samples: int,
                      gen: torch.Generator) -> tuple[list[int], tuple[torch.Tensor, ...]]:
-    """`samples` random clean (long-lag, y, x) frames (normalised) of the trajectories the
+    """`samples` random clean (long-lag, y, x) frames (in the bundle's units) of the trajectories the
     refiner's training held out of the solver store `data`; returns (those trajectories, frames)."""
     store = TrajectoryStore(data)
     check_compatible(loaded.config, store.spec.system_spec, str(data))
     train = loaded.config["models"]["refiner"]["train"]
     _, held_out = split_trajectories(store.spec.trajectories, train["val_fraction"])
-    triples = refiner_triples(store, train["lag"], trajectories=held_out)
+    triples = refiner_triples(store, train["lag"], trajectories=held_out,
+                              normalise=loaded.normalisation["std"])
     picks = torch.randint(len(triples), (samples,), generator=gen)
     return held_out, torch.stack([triples[int(i)] for i in picks]).unbind(1)
 

@@ -229,7 +229,7 @@ def walk_bias(bundle: str | Path | Bundle, data: str | Path, *, levels: Sequence
     if trajectories == "held_out":
         chosen = split_trajectories(store.spec.trajectories,
                                     loaded.config["models"]["refiner"]["train"]["val_fraction"])[1]
-    triples = refiner_triples(store, lag, trajectories=chosen)
+    triples = refiner_triples(store, lag, trajectories=chosen, normalise=loaded.normalisation["std"])
     n_frames = max(counts)
     if n_frames > len(triples):
         raise ValueError(f"frames={n_frames} exceeds the {len(triples)} (long, y, x) triples of "
@@ -315,7 +315,7 @@ def training_probe(frames: int = 16, level: int = 10, path: str = "left_down", s
         gen = torch.Generator(device=device).manual_seed(seed)
         k = min(level, schedule.num_levels)
         walked = walk_frames(denoiser, schedule, (long, y, x), "x", path, k, Antithetic(gen))
-        scale = torch.tensor(store.normalisation["std"], device=device)[:, None, None]
+        scale = torch.tensor(val_set.std, device=device)[:, None, None]   # back to physical units
         measure = Measure(store.spec)
         ratio = pair_means(measure((walked * scale).cpu())[0] / measure((x * scale).cpu())[0], True)
         draws = intervals.resample(ratio.shape[0], 1000, seed)

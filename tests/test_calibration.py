@@ -46,3 +46,26 @@ def test_calibrate_refuses_bad_levels(tiny_bundle, tiny_kolmogorov):
         calibrate(tiny_bundle, tiny_kolmogorov, levels=(5, 2000), save=False)
     with pytest.raises(ValueError, match="free_steps"):
         calibrate(tiny_bundle, tiny_kolmogorov, free_steps=(10, 1), save=False)
+
+
+def test_held_out_frames_are_in_the_bundles_units(tiny_bundle, tiny_kolmogorov, tmp_path):
+    """Calibration and the walk-bias diagnostic read data that may not be the bundle's own (held
+    out, another spin-up): the refiner sees them divided by the bundle's std, as in a rollout."""
+    import shutil
+
+    import torch
+
+    from sns_engine.bundle import load_bundle
+    from sns_engine.calibration import held_out_triples
+
+    other = tmp_path / "b"
+    shutil.copytree(tiny_bundle, other)
+    config = json.loads((other / "config.json").read_text())
+    std = config["normalisation"]["std"][0]
+    config["normalisation"]["std"] = [3.0 * std]
+    (other / "config.json").write_text(json.dumps(config))
+    frames = [held_out_triples(load_bundle(b), tiny_kolmogorov, 6, torch.Generator().manual_seed(1))[1]
+              for b in (tiny_bundle, other)]
+    for own, scaled in zip(*frames, strict=True):
+        torch.testing.assert_close(scaled * 3.0, own)
+        assert own.std() > 0.1

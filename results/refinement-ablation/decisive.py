@@ -32,22 +32,27 @@ SAME = ("criteria", "horizon", "members", "overrides", "pilot_steps", "preset", 
         "trajectory_batch", "windows")
 
 
+def same_control(a: dict, b: dict) -> bool:
+    """Whether two studies' metrics hold the same solver control (so the same initial states):
+    its last-window floor, equal up to rounding (evaluations may sum in another order)."""
+    def floor(m: dict) -> list[float]:
+        last = m["methods"]["solver"]["summary"]["last"]
+        return [*last["band_error"]["energy"].values(), *last["w1"], last["energy_ratio"]["energy"]]
+
+    return all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(floor(a), floor(b), strict=True))
+
+
 def check_same_runs(decisive: dict, published: dict) -> None:
     """Refuse unless the two studies ran the same settings, solver control and emulator."""
     a, b = decisive["study"], published["study"]
     differ = [k for k in SAME if a.get(k) != b.get(k)]
     if differ:
         raise SystemExit(f"the studies differ in {differ}")
-    def floor(m: dict) -> list[float]:  # rounding apart: evaluations sum in another order
-        last = m["methods"]["solver"]["summary"]["last"]
-        return [*last["band_error"]["energy"].values(), *last["w1"], last["energy_ratio"]["energy"]]
 
     def emulator(m: dict) -> list:
         return m["methods"]["emulator"]["report"]["stability"]["times"]
 
-    same_floor = all(math.isclose(a, b, rel_tol=1e-9) for a, b in
-                     zip(floor(decisive), floor(published), strict=True))
-    if not same_floor or emulator(decisive) != emulator(published):
+    if not same_control(decisive, published) or emulator(decisive) != emulator(published):
         raise SystemExit("the studies' solver control or emulator differ: not the same runs")
 
 

@@ -11,8 +11,10 @@ counterpart counts as worse whatever its error) or `paired` (stage2-plan-5.md, a
 a member is better if stable longer, or stable to the horizon in both and lower in last-window
 spectrum error, worse in the mirror case; better = more better members than worse with a
 two-sided sign-test p <= 0.05 over the untied pairs, worse = the mirror). Refuses unless the two
-studies ran the same settings from the same initial states (the emulator's per-member stability
-times, same weights, must be equal). Writes OUT_JSON and prints the table.
+studies ran the same settings from the same initial states: the emulator's per-member stability
+times (same weights) must be equal, or, with --own-emulator (a stage-2 bundle with an emulator of
+its own, stage2-plan-7.md), the solver control's last-window floor. Writes OUT_JSON and prints
+the table.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decisive import SAME  # noqa: E402  (the settings two studies must share)
+from decisive import SAME, same_control  # noqa: E402  (what two studies must share)
 
 from sns_engine.diagnostics.statistics import sign_test  # noqa: E402
 
@@ -40,12 +42,16 @@ def last_error(metrics: dict, method: str) -> list[float]:
     return metrics["methods"][method]["report"]["per_member"]["last_window_spectrum_error"]["energy"]
 
 
-def check_same_runs(pilot: dict, stage2: dict) -> None:
-    """Refuse unless both studies ran the same settings, initial states and emulator."""
+def check_same_runs(pilot: dict, stage2: dict, own_emulator: bool = False) -> None:
+    """Refuse unless both studies ran the same settings and initial states: the same emulator's
+    stability times, or (`own_emulator`) the same solver control."""
     differ = [k for k in SAME if pilot["study"].get(k) != stage2["study"].get(k)]
     if differ:
         raise SystemExit(f"the studies differ in {differ}")
-    if stability(pilot, "emulator", 0) != stability(stage2, "emulator", 0):
+    if own_emulator:
+        if not same_control(pilot, stage2):
+            raise SystemExit("the solver controls differ: not the same initial states")
+    elif stability(pilot, "emulator", 0) != stability(stage2, "emulator", 0):
         raise SystemExit("the emulator's stability times differ: not the same initial states")
 
 
@@ -100,6 +106,9 @@ def main() -> None:
     parser.add_argument("pilot", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("pairs", nargs="+", help="STAGE2_METRICS::ARM::COUNTERPART::RULE")
+    parser.add_argument("--own-emulator", action="store_true",
+                        help="the stage-2 bundles have emulators of their own: check the solver "
+                             "control instead of the emulator's stability times")
     args = parser.parse_args()
     pilot = json.loads(args.pilot.read_text())
     rows = []
@@ -108,7 +117,7 @@ def main() -> None:
         if rule not in ("stability", "error", "paired"):
             raise SystemExit(f"{pair}: rule must be stability, error or paired, not {rule}")
         stage2 = json.loads(Path(path).read_text())
-        check_same_runs(pilot, stage2)
+        check_same_runs(pilot, stage2, args.own_emulator)
         horizon = stage2["methods"][arm]["summary"]["horizon_time"]
         times, base = stability(stage2, arm, horizon), stability(pilot, counterpart, horizon)
         row = {"study": path, "arm": arm, "counterpart": counterpart, "rule": rule,

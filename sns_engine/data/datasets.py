@@ -4,8 +4,9 @@ One class covers every training need:
 - pairs (x_t, x_{t+1})                    offsets (0, 1)
 - k-step windows for unrolled training    offsets (0, 1, …, k)
 - refiner triples (long-lag, x_t, x_{t+1}) offsets (−lag, 0, 1)
-Items are tensors (len(offsets), C, H, W), normalised per channel by the store's std (the
-reference code's fixed-std normalisation; the mean is kept, as the fields are ~zero-mean).
+Items are tensors (len(offsets), C, H, W), normalised per channel by a fixed std (the reference
+code's fixed-std normalisation; the mean is kept, as the fields are ~zero-mean): the store's own, or
+the bundle's when frames feed a model trained on other data.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class FrameWindows(Dataset):
 
     `trajectories` selects which trajectories (e.g. a train/validation split). The selected data
     is loaded into memory once (float32, normalised in place: no second copy); `max_bytes` guards
-    it and defaults to half of this machine's physical memory (`memory_budget`).
+    it and defaults to half of this machine's physical memory (`memory_budget`). `normalise`:
+    True divides by the store's per-channel std, a sequence by those stds (a bundle's, whose
+    models expect their own scale), False keeps physical units.
     """
 
     def __init__(self, store: TrajectoryStore, offsets: Sequence[int],
-                 trajectories: Sequence[int] | None = None, normalise: bool = True,
-                 max_bytes: int | None = None):
+                 trajectories: Sequence[int] | None = None,
+                 normalise: bool | Sequence[float] = True, max_bytes: int | None = None):
         self.offsets = tuple(int(o) for o in offsets)
         if not self.offsets:
             raise ValueError("offsets must name at least one frame")
@@ -57,8 +60,14 @@ class FrameWindows(Dataset):
                               "in-memory budget (max_bytes); select fewer trajectories or use a "
                               "machine with more memory")
         data = np.empty(shape, dtype=np.float32)
-        std = (np.asarray(store.normalisation["std"], dtype=np.float32)[None, :, None, None]
-               if normalise else None)
+        std = None
+        if normalise is not False:
+            std = np.asarray(store.normalisation["std"] if normalise is True else normalise,
+                             dtype=np.float32)
+            if std.shape != (spec.channels,) or not (np.isfinite(std).all() and (std > 0).all()):
+                raise ValueError(f"normalise needs {spec.channels} finite positive stds, got "
+                                 f"{list(std)}")
+            std = std[None, :, None, None]
         for row, i in enumerate(trajectories):  # one trajectory at a time: peak memory ≈ nbytes
             data[row] = store.fields[i]
             if not np.isfinite(data[row]).all():
@@ -67,6 +76,7 @@ class FrameWindows(Dataset):
             if std is not None:
                 data[row] /= std
         self.data = torch.from_numpy(data)
+        self.std = None if std is None else std.ravel().tolist()   # what the frames were divided by
         self._shift = -lo
 
     def __len__(self) -> int:

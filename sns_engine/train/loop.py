@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,26 +57,29 @@ class TrainingError(ValueError):
 class Task:
     """What one model kind needs from the loop."""
 
-    frames: Callable[[TrajectoryStore, TrainConfig, list[int]], torch.utils.data.Dataset]
+    frames: Callable[[TrajectoryStore, TrainConfig, list[int], list[float]], torch.utils.data.Dataset]
     draw: Callable[[torch.Size, CosineSchedule, TrainConfig, torch.Generator], Draws]
     loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
 
 TASKS: dict[str, Task] = {
     "emulator": Task(
-        frames=lambda store, cfg, trajs: windows(store, cfg.unroll, trajectories=trajs),
+        frames=lambda store, cfg, trajs, std: windows(store, cfg.unroll, trajectories=trajs,
+                                                      normalise=std),
         draw=lambda shape, schedule, cfg, gen: {},
         loss=lambda model, frames, draws, schedule, cfg: losses.emulator_loss(model, frames),
     ),
     "refiner": Task(
-        frames=lambda store, cfg, trajs: refiner_triples(store, cfg.lag, trajectories=trajs),
+        frames=lambda store, cfg, trajs, std: refiner_triples(store, cfg.lag, trajectories=trajs,
+                                                             normalise=std),
         draw=lambda shape, schedule, cfg, gen: losses.draw_refiner(
             shape, schedule.num_levels, cfg.level_bias, gen),
         loss=lambda model, frames, draws, schedule, cfg: losses.refiner_loss(
             model, schedule, frames, draws, cfg.ce_weight),
     ),
     "thermalizer": Task(
-        frames=lambda store, cfg, trajs: FrameWindows(store, (0,), trajectories=trajs),
+        frames=lambda store, cfg, trajs, std: FrameWindows(store, (0,), trajectories=trajs,
+                                                          normalise=std),
         draw=lambda shape, schedule, cfg, gen: losses.draw_thermalizer(
             shape, schedule.num_levels, cfg.level_bias, gen),
         loss=lambda model, frames, draws, schedule, cfg: losses.thermalizer_loss(
@@ -97,11 +100,12 @@ def split_trajectories(n: int, fraction: float) -> tuple[list[int], list[int]]:
     return list(range(n - val)), list(range(n - val, n))
 
 
-def initial_snapshots(store: TrajectoryStore, count: int = 16) -> torch.Tensor:
-    """Normalised snapshots (count, C, H, W) for a bundle to start rollouts from: evenly spread
-    over the trajectories and the second half of their time (well on the attractor)."""
+def initial_snapshots(store: TrajectoryStore, std: Sequence[float], count: int = 16
+                      ) -> torch.Tensor:
+    """Snapshots (count, C, H, W) divided by the bundle's `std`, for it to start rollouts from:
+    evenly spread over the trajectories and the second half of their time."""
     spec = store.spec
-    std = torch.tensor(store.normalisation["std"], dtype=torch.float32)[:, None, None]
+    std = torch.tensor(std, dtype=torch.float32)[:, None, None]
     half = spec.snapshots // 2
     times = [half + i * (spec.snapshots - half) // count for i in range(count)]
     return torch.stack([torch.from_numpy(store.fields[i % spec.trajectories, t]) / std
@@ -283,7 +287,8 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         raise TrainingError(f"num_levels={cfg.num_levels} differs from the N = {levels} levels of "
                             f"the bundle {out} (its schedule, set by its first model); use "
                             f"num_levels={levels} or another out=")
-    initial = initial_snapshots(store) if rank == 0 and INITIAL not in config else None
+    initial = (initial_snapshots(store, config["normalisation"]["std"])
+               if rank == 0 and INITIAL not in config else None)
 
     task = TASKS[cfg.model]
     unet_cfg = model_unet_config(cfg.model, cfg.preset, store.spec.channels, store.spec.grid,
@@ -305,8 +310,9 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = Fa
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     train_ids, val_ids = split_trajectories(store.spec.trajectories, cfg.val_fraction)
-    train_set = task.frames(store, cfg, train_ids)
-    val_set = task.frames(store, cfg, val_ids)
+    std = config["normalisation"]["std"]   # the bundle's scale: a model joining it must share it
+    train_set = task.frames(store, cfg, train_ids, std)
+    val_set = task.frames(store, cfg, val_ids, std)
     schedule = schedule.to(device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.bf16 and device.type == "cuda" else nullcontext())

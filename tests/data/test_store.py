@@ -203,6 +203,22 @@ def test_datasets_offsets_and_normalisation(tmp_path):
         refiner_triples(store, lag=7)
 
 
+def test_frames_in_another_scale_than_the_stores(tmp_path):
+    """A bundle trained on other data has its own std: frames fed to its models are divided by
+    that one, per channel, and a std that cannot scale them is refused before any loading."""
+    store = make(tmp_path)
+    raw = store.fields[:]
+    given = [0.7, 3.1]
+    r = refiner_triples(store, lag=3, normalise=given)
+    assert r.std == pytest.approx(given)
+    torch.testing.assert_close(r[4], torch.from_numpy(raw[1, [1, 4, 5]] / np.float32(given)[:, None, None]))
+    assert pairs(store).std == pytest.approx(store.normalisation["std"])
+    assert refiner_triples(store, lag=3, normalise=False).std is None
+    for bad in ([1.0], [1.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="normalise needs 2 finite positive stds"):
+            pairs(store, normalise=bad)
+
+
 def test_in_memory_budget_is_checked_before_loading(tmp_path):
     store = make(tmp_path)  # 5 × 7 × 2 × 8 × 8 float32 = 17 920 bytes
     assert FrameWindows(store, (0, 1), max_bytes=17_920).data.nbytes == 17_920

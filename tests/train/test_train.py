@@ -13,6 +13,7 @@ import torch
 
 from sns_engine.bundle import BundleError, load_bundle
 from sns_engine.config import TrainConfig
+from sns_engine.data import FrameWindows
 from sns_engine.train.loop import TrainingError, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -303,3 +304,30 @@ def test_the_embedded_bundle_can_be_trained_on():
     shipped = json.loads((Path(DEFAULT_BUNDLE) / "config.json").read_text())["models"]["refiner"]
     assert record["step"] == shipped["step"] and record["sha256"] == shipped["sha256"]
     assert weights.keys() == load_bundle(DEFAULT_BUNDLE).model("refiner").state_dict().keys()
+
+
+def test_a_model_joining_a_bundle_sees_its_data_in_the_bundles_units(tiny_kolmogorov, tiny_bundle,
+                                                                     tmp_path, monkeypatch):
+    """Data whose std differs from the bundle's (other data: frames further along the attractor)
+    are divided by the bundle's std, the scale its other models and its rollouts use."""
+    import shutil
+
+    from sns_engine.data import TrajectoryStore
+    from sns_engine.train import loop
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    own = TrajectoryStore(tiny_kolmogorov).normalisation["std"]
+    config["normalisation"]["std"] = [2.5 * own[0]]
+    (bundle / "config.json").write_text(json.dumps(config))
+    made = []
+    monkeypatch.setattr(loop, "FrameWindows", lambda *a, **kw: made.append(FrameWindows(*a, **kw))
+                        or made[-1])
+    cfg = TrainConfig(model="thermalizer", steps=2, batch_size=4, num_levels=20, val_every=1,
+                      checkpoint_every=1)
+    train(cfg, tiny_kolmogorov, bundle, overwrite=True, quiet=True)
+    assert len(made) == 2 and all(f.std == pytest.approx([2.5 * own[0]]) for f in made)
+    first = torch.from_numpy(TrajectoryStore(tiny_kolmogorov).fields[0, 0])   # trajectory 0, t = 0
+    torch.testing.assert_close(made[0][0][0], first / (2.5 * own[0]))
+    assert load_bundle(bundle).normalisation["std"] == [2.5 * own[0]]
