@@ -276,9 +276,9 @@ def _roll(setup: _Setup, shard: Shard, store_made: bool) -> RolloutResult:
                  bf16=job.bf16, workers=job.workers)
     watch = _heads_watch(setup.bundle.config.get("calibration")) if setup.model == "refiner" else None
     quiet = job.quiet or shard.rank != 0
-    if not quiet:
-        _announce(setup)
     if job.out is None:
+        if not quiet:
+            _announce(setup)
         with eng:  # its worker threads live for the steps
             states, levels, moves = drive(eng, cfg.steps, cfg.save_every, quiet=quiet, on_step=watch)
         saved = (torch.stack(states, dim=1) * setup.bundle.scale if states
@@ -296,6 +296,8 @@ def _roll(setup: _Setup, shard: Shard, store_made: bool) -> RolloutResult:
             eng.load_state(*saved_state)
     writer = ensemble_writer.EnsembleWriter(store, setup.bundle.scale, cfg.save_every, eng.next_step,
                                             shard.rows, initial=eng.x)
+    if not quiet:  # once the store is there: a store that cannot be made is the only line
+        _announce(setup)
     with eng:
         drive(eng, cfg.steps, cfg.save_every, writer=writer,
               checkpoint=lambda step: ensemble_writer.save_checkpoint(store, eng.state_tensors(), step,
