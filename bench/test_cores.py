@@ -16,17 +16,28 @@ free|busy, batch=B]`. The summary groups the three per batch and load: `x.xx× v
 cores against one. Every case first checks its step against the per-member reference
 (bench/test_engine.py's `check_engine`), then times it.
 extra_info: threads (cores asked for), mode (single, member_split, intra_op), busy, batch.
+
+`rollout[mode, free|busy, batch=B]` times whole `sns_engine.rollout` calls (ROLLOUT_STEPS steps,
+in memory) the same three ways but for the last: `1 thread` (threads=1, the baseline), `2 workers`
+(threads=2) and `2 processes` (processes=2: the members split over two spawned worker processes of
+one thread each, sns_engine/engine/processes.py), the workers' start (spawn, imports, bundle
+loading) included: what a caller waits for. Each checks its levels and moves against the 1-thread
+rollout's. extra_info: threads, processes, mode (single, member_split, processes), busy, batch.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
+import torch
 
+import sns_engine
+from sns_engine.engine.rollout import RolloutResult
 from sns_engine.threads import available_cores, torch_threads
 
 from .report import describe
@@ -36,6 +47,11 @@ from .test_engine import _config, _engine, _setup, _time_engine, check_engine
 MODES = {"single": ("1 thread", 1, 1, 1), "member_split": ("2 workers", 2, 2, 1),
          "intra_op": ("torch 2 threads", 2, 1, 2)}
 ROUNDS = 3
+# rollout mode → (name, threads, processes)
+ROLLOUTS = {"single": ("1 thread", 1, 1), "member_split": ("2 workers", 2, 1),
+            "processes": ("2 processes", 1, 2)}
+ROLLOUT_STEPS = 4
+ROLLOUT_ROUNDS = 2
 # a busy core that never outlives the benchmark: the loop ends when its parent has gone
 SPIN = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    for _ in range(10 ** 6): pass"
 
@@ -69,3 +85,29 @@ def test_cores_cpu(benchmark, busy, batch, mode):
                                              workers=workers) as engine:
         _time_engine(benchmark, engine, 1, ROUNDS,
                      lambda: check_engine(engine, "kolmogorov", None, 1, False))
+
+
+def _rollout(batch: int, threads: int, processes: int) -> RolloutResult:
+    return sns_engine.rollout(batch=batch, steps=ROLLOUT_STEPS, quiet=True, threads=threads,
+                              processes=processes)
+
+
+@functools.cache
+def _reference(batch: int) -> RolloutResult:
+    """The 1-thread rollout the others are checked against, once per batch (untimed)."""
+    return _rollout(batch, 1, 1)
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs two cores")
+@pytest.mark.parametrize("mode", list(ROLLOUTS))
+@pytest.mark.parametrize("busy", [False, True], ids=["free", "busy"], indirect=True)
+@pytest.mark.parametrize("batch", [16, 64])
+def test_cores_rollout(benchmark, busy, batch, mode):
+    name, threads, processes = ROLLOUTS[mode]
+    load = "busy" if busy else "free"
+    describe(benchmark, f"rollout[{name}, {load}, batch={batch}]", group=f"rollout, {load}, batch={batch}",
+             baseline=mode == "single", member_steps=batch * ROLLOUT_STEPS)
+    benchmark.extra_info.update(threads=threads, processes=processes, mode=mode, busy=busy, batch=batch)
+    result = benchmark.pedantic(_rollout, args=(batch, threads, processes), rounds=ROLLOUT_ROUNDS)
+    reference = _reference(batch)
+    assert torch.equal(result.levels, reference.levels) and torch.equal(result.moves, reference.moves)

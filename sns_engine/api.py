@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
     from sns_engine.bundle import Bundle
     from sns_engine.data.store import SystemSpec, TrajectoryStore
+    from sns_engine.engine.denoiser import Denoiser
     from sns_engine.engine.rollout import RolloutResult
+    from sns_engine.engine.shard import Shard
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 
@@ -49,7 +51,8 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
             walk: str = RolloutConfig.walk, engine: str = "engine", backend: str = "auto",
             graphs: bool = True, bf16: bool = False,
             resume: bool = False, overwrite: bool = False, checkpoint_every: int | None = None,
-            member_offset: int = 0, quiet: bool = False, threads: int | None = None) -> RolloutResult:
+            member_offset: int = 0, quiet: bool = False, threads: int | None = None,
+            processes: int = 1) -> RolloutResult:
     """Roll out an ensemble of `batch` members for `steps` physical steps along `path`.
 
     With `out` the states stream into a Zarr ensemble store (resumable); without it they are
@@ -92,6 +95,12 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
         caller's setting restored after it). None: for the steps every core this process may use,
         shared among the node's ranks; for the rest one torch thread per process on a machine of
         ≤ 2 cores, else as the steps (default None)
+    processes: worker processes a CPU rollout splits its members over, each on one thread, as
+        torchrun's ranks (sns_engine/engine/processes.py; the results do not depend on it, a
+        refined path's states but for float rounding): a batch that splits in chunks, threads= at
+        most 1, no torchrun, no GPU, not the reference engine; a store is resumed with as many. A
+        script that passes it calls rollout under `if __name__ == "__main__":` (the workers are
+        spawned). 1: this process only (default 1)
     Rollout settings:
     """
     check_type("batch", batch, int)
@@ -116,25 +125,95 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     check_device(device)
     import torch
 
-    from sns_engine.bundle import Bundle, load_bundle
-    from sns_engine.diffusion.paths import get_path
-    from sns_engine.engine import writer as ensemble_writer
-    from sns_engine.engine.denoiser import CounterNoise, refiner_denoiser, thermalizer_denoiser
-    from sns_engine.engine.initial import initial_conditions, perturbation
+    from sns_engine.engine import processes as local
+    from sns_engine.engine.denoiser import CounterNoise
     from sns_engine.engine.reference import reference_rollout
-    from sns_engine.engine.rollout import Engine, RolloutResult, drive
-    from sns_engine.engine.rules import describe_activation, with_activation
+    from sns_engine.engine.rollout import member_flops
     from sns_engine.engine.shard import Shard
     from sns_engine.ops.dispatch import resolve_backend
 
-    shard = Shard.from_env(batch)
+    local.check(processes, batch, engine, threads)
+    shard = Shard.from_env(batch) if processes == 1 else Shard.local(batch, 0, processes)
     if device is None:
         device = f"cuda:{shard.local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    backend = resolve_backend(backend, device)
+    if processes > 1 and device.type != "cpu":
+        raise ConfigError(f"processes={processes} splits a CPU rollout, not one on {device}; pass "
+                          "device='cpu', or processes=1 on a GPU")
+    job = _Job(bundle, batch, cfg, initial, perturb, out, device, resolve_backend(backend, device),
+               graphs, bf16, resume, overwrite, checkpoint_every, member_offset, quiet,
+               default_workers() if threads is None else threads)
+    setup = _setup(job)
+    if processes > 1:  # the parent does what torchrun's rank 0 does first, then gathers the shares
+        if out is not None:
+            _open_store(setup, shard.chunk, resume, overwrite)
+        part = functools.partial(_rollout_part, dataclasses.replace(job, bundle=Path(setup.bundle.path),
+                                                                    workers=1))
+        parts = local.run(part, processes, setup.everyone.tolist(), keep_going=out is not None)
+        return local.gathered(parts, member_flops(setup.emulator, setup.denoiser))
+    if engine == "reference":
+        if not quiet:
+            _announce(setup)
+        result = reference_rollout(functools.partial(setup.emulator, backend=job.backend),
+                                   setup.denoiser, setup.bundle.schedule, setup.x0[shard.rows].to(device),
+                                   setup.cfg, CounterNoise(seed), setup.everyone[shard.rows].to(device))
+        return dataclasses.replace(result, states=result.states * setup.bundle.scale.to(result.states.device))
+    return _roll(setup, shard, store_made=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """A rollout call's settings once checked, as every process of it needs them: what the workers
+    of `rollout(processes=N)` receive (then with the bundle as its directory: it pickles)."""
+
+    bundle: str | Path | Bundle | None
+    batch: int
+    cfg: RolloutConfig
+    initial: torch.Tensor | str | Path | None
+    perturb: float | None
+    out: str | Path | None
+    device: torch.device
+    backend: str
+    graphs: bool
+    bf16: bool
+    resume: bool
+    overwrite: bool
+    checkpoint_every: int
+    member_offset: int
+    quiet: bool
+    workers: int  # threads each step's network calls split their members over (engine.parallel)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What every process of a rollout derives from its _Job: the bundle, the settings with the
+    bundle's defaults, the networks (`model`: the path's denoiser, if any) and every member's id
+    and normalised initial state (on the CPU)."""
+
+    job: _Job
+    bundle: Bundle
+    cfg: RolloutConfig
+    model: str | None
+    emulator: torch.nn.Module
+    denoiser: Denoiser | None
+    everyone: torch.Tensor
+    x0: torch.Tensor
+
+
+def _setup(job: _Job) -> _Setup:
+    """Load the bundle and check the settings against it (ConfigError before any rollout work)."""
+    import torch
+
+    from sns_engine.bundle import Bundle, load_bundle
+    from sns_engine.diffusion.paths import get_path
+    from sns_engine.engine.denoiser import refiner_denoiser, thermalizer_denoiser
+    from sns_engine.engine.initial import initial_conditions
+    from sns_engine.engine.rules import with_activation
+
+    bundle = job.bundle
     if not isinstance(bundle, Bundle):
-        bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=device)
-    cfg = with_activation(cfg, bundle.activation)
+        bundle = load_bundle(DEFAULT_BUNDLE if bundle is None else bundle, device=job.device)
+    cfg = with_activation(job.cfg, bundle.activation)
     if cfg.long == "lagged" and cfg.lag is None:  # the lag the refiner was trained with
         trained = bundle.config["models"].get("refiner", {}).get("train", {}).get("lag")
         if trained is None:
@@ -144,71 +223,98 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     for name in ("level_floor", "level_floor_y"):
         if getattr(cfg, name) > top:
             raise ConfigError(f"{name}={getattr(cfg, name)} is above the bundle's top level N={top}")
-    if out is None:
-        _check_memory(batch, steps // save_every, bundle.system)
+    if job.out is None:
+        _check_memory(job.batch, cfg.steps // cfg.save_every, bundle.system)
     emulator = bundle.model("emulator")
-    model = get_path(path).model
+    model = get_path(cfg.path).model
     denoiser = None
     if model == "refiner":
-        denoiser = refiner_denoiser(bundle.model("refiner"), backend)
+        denoiser = refiner_denoiser(bundle.model("refiner"), job.backend)
     elif model == "thermalizer":
-        denoiser = thermalizer_denoiser(bundle.model("thermalizer"), backend)
-    everyone = torch.arange(member_offset, member_offset + batch)
-    members = everyone[shard.rows]
-    x0 = initial_conditions(bundle, batch, initial, everyone, seed, perturb)[shard.rows].to(device)
+        denoiser = thermalizer_denoiser(bundle.model("thermalizer"), job.backend)
+    everyone = torch.arange(job.member_offset, job.member_offset + job.batch)
+    x0 = initial_conditions(bundle, job.batch, job.initial, everyone, cfg.seed, job.perturb)
+    return _Setup(job, bundle, cfg, model, emulator, denoiser, everyone, x0)
 
-    def announce() -> None:  # once the rollout starts: which path it walks, whom it refines
-        if not quiet and model == "refiner":
-            print(f"sns_engine: path {path}, {describe_activation(cfg)}", file=sys.stderr)
 
-    if engine == "reference":
-        announce()
-        result = reference_rollout(functools.partial(emulator, backend=backend), denoiser,
-                                   bundle.schedule, x0, cfg, CounterNoise(seed), members.to(device))
-        return dataclasses.replace(result, states=result.states * bundle.scale.to(result.states.device))
+def _announce(setup: _Setup) -> None:
+    """Say, once the rollout starts, which path it walks and whom it refines (refiner paths)."""
+    from sns_engine.engine.rules import describe_activation
 
-    eng = Engine(emulator, denoiser, bundle.schedule, x0, cfg, members=members.to(device),
-                 backend=backend, graphs=graphs, bf16=bf16,
-                 workers=default_workers() if threads is None else threads)
-    watch = _heads_watch(bundle.config.get("calibration")) if model == "refiner" else None
-    if out is None:
-        announce()
+    if setup.model == "refiner":
+        print(f"sns_engine: path {setup.cfg.path}, {describe_activation(setup.cfg)}", file=sys.stderr)
+
+
+def _open_store(setup: _Setup, chunk: int, may_exist: bool, overwrite: bool) -> TrajectoryStore:
+    """The rollout's ensemble store, per-member arrays in chunks of `chunk` members: created (or,
+    `may_exist`, checked and reopened; `overwrite`: replaced)."""
+    from sns_engine.engine import writer as ensemble_writer
+    from sns_engine.engine.initial import perturbation
+
+    job = setup.job
+    files = setup.bundle.checksums(["emulator", *([setup.model] if setup.denoiser is not None else [])],
+                                   initial=job.initial is None)
+    return ensemble_writer.create_ensemble_store(
+        job.out, setup.bundle.system, setup.bundle.normalisation, setup.cfg, setup.everyone.tolist(),
+        time_chunk=16, resume=may_exist, overwrite=overwrite, member_chunk=chunk,
+        perturb=perturbation(job.initial, job.perturb),
+        bundle={"name": Path(setup.bundle.path).name, "files": files})
+
+
+def _roll(setup: _Setup, shard: Shard, store_made: bool) -> RolloutResult:
+    """The packed engine's rollout of `shard`'s members, in memory or into the job's store, which
+    `shard`'s rank 0 creates unless `store_made`. Rank 0 alone shows the progress bar."""
+    import torch
+
+    from sns_engine.engine import writer as ensemble_writer
+    from sns_engine.engine.rollout import Engine, RolloutResult, drive
+
+    job, cfg = setup.job, setup.cfg
+    members = setup.everyone[shard.rows]
+    eng = Engine(setup.emulator, setup.denoiser, setup.bundle.schedule, setup.x0[shard.rows].to(job.device),
+                 cfg, members=members.to(job.device), backend=job.backend, graphs=job.graphs,
+                 bf16=job.bf16, workers=job.workers)
+    watch = _heads_watch(setup.bundle.config.get("calibration")) if setup.model == "refiner" else None
+    quiet = job.quiet or shard.rank != 0
+    if job.out is None:
+        if not quiet:
+            _announce(setup)
         with eng:  # its worker threads live for the steps
-            states, levels, moves = drive(eng, steps, save_every, quiet=quiet, on_step=watch)
-        scale = bundle.scale
-        saved = (torch.stack(states, dim=1) * scale if states
-                 else torch.zeros(len(members), 0, *x0.shape[1:]))
+            states, levels, moves = drive(eng, cfg.steps, cfg.save_every, quiet=quiet, on_step=watch)
+        saved = (torch.stack(states, dim=1) * setup.bundle.scale if states
+                 else torch.zeros(len(members), 0, *setup.x0.shape[1:]))
         return RolloutResult(saved, None, eng.flags.cpu(), eng.flagged_at.cpu(),
                              torch.stack(levels, 1), torch.stack(moves, 1), eng.stats)
 
-    def open_store(may_exist: bool):
-        files = bundle.checksums(["emulator", *([model] if denoiser is not None else [])],
-                                 initial=initial is None)
-        return ensemble_writer.create_ensemble_store(
-            out, bundle.system, bundle.normalisation, cfg, everyone.tolist(), time_chunk=16,
-            resume=may_exist, overwrite=overwrite and shard.rank == 0, member_chunk=shard.chunk,
-            perturb=perturbation(initial, perturb),
-            bundle={"name": Path(bundle.path).name, "files": files})
-
-    store = open_store(resume) if shard.rank == 0 else None
+    creates = shard.rank == 0 and not store_made
+    store = _open_store(setup, shard.chunk, job.resume, job.overwrite) if creates else None
     shard.barrier()  # rank 0 has created (or checked) the store
-    store = store or open_store(True)
-    if resume:
+    store = store or _open_store(setup, shard.chunk, True, False)
+    if job.resume:
         saved_state = ensemble_writer.load_checkpoint(store, shard.rank)
         if saved_state is not None:
             eng.load_state(*saved_state)
-    writer = ensemble_writer.EnsembleWriter(store, bundle.scale, save_every, eng.next_step,
+    writer = ensemble_writer.EnsembleWriter(store, setup.bundle.scale, cfg.save_every, eng.next_step,
                                             shard.rows, initial=eng.x)
-    announce()
+    if not quiet:  # once the store is there: a store that cannot be made is the only line
+        _announce(setup)
     with eng:
-        drive(eng, steps, save_every, writer=writer, checkpoint=lambda step: ensemble_writer.save_checkpoint(
-            store, eng.state_tensors(), step, shard.rank), checkpoint_every=checkpoint_every, quiet=quiet,
-            on_step=watch)
+        drive(eng, cfg.steps, cfg.save_every, writer=writer,
+              checkpoint=lambda step: ensemble_writer.save_checkpoint(store, eng.state_tensors(), step,
+                                                                      shard.rank),
+              checkpoint_every=job.checkpoint_every, quiet=quiet, on_step=watch)
     writer.close(eng.flags, eng.flagged_at)
     shard.barrier()
     return RolloutResult(None, str(store.path), eng.flags.cpu(), eng.flagged_at.cpu(),
                          torch.from_numpy(store.per_step("levels", shard.rows)).long(),
                          torch.from_numpy(store.per_step("moves", shard.rows)).long(), eng.stats)
+
+
+def _rollout_part(job: _Job, rank: int, world: int) -> RolloutResult:
+    """Worker `rank` of `world` of `rollout(processes=world)`: its share, into the parent's store."""
+    from sns_engine.engine.shard import Shard
+
+    return _roll(_setup(job), Shard.local(job.batch, rank, world), store_made=True)
 
 
 def _heads_watch(calibration: dict[str, Any] | None):

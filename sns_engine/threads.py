@@ -19,6 +19,10 @@ process may use (shared among the node's torchrun ranks), and the rest `default_
 - on a larger machine, the cores this process may use, shared evenly among the ranks torchrun
   starts on the node (LOCAL_WORLD_SIZE), at least one each.
 
+`rollout(processes=N)` (`--processes N`) splits the members over N spawned worker processes
+instead, each on one torch thread with no worker threads (sns_engine/engine/processes.py); the
+default is one process, split over threads as above.
+
 The solvers have their own threads: pyqg's OpenMP runtime reads OMP_NUM_THREADS, which the QG
 system and the CLI set to 1 before it starts; jax's XLA runtime sizes its own pool.
 """

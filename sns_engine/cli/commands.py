@@ -44,7 +44,7 @@ ROLLOUT_OPTIONS = ("batch", "steps", "path", "initial", "perturb", "save_every",
                    "threshold_heads", "renoise", "bound", "noise_limit", "thermalizer_start",
                    "thermalizer_stop", "level_floor", "level_floor_y", "every", "long", "lag",
                    "walk", "backend", "device", "graphs", "bf16", "checkpoint_every",
-                   "resume", "overwrite", "quiet", "threads")
+                   "resume", "overwrite", "quiet", "threads", "processes")
 DATA_OPTIONS = ("preset", "trajectories", "snapshots", "seed", "trajectory_batch", "time_chunk",
                 "overwrite", "quiet")
 TRAIN_RUN_OPTIONS = ("resume", "overwrite", "device", "init_from", "quiet")

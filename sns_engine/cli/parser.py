@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
              perturb={"type": float}, threshold={"type": int},
              threshold_heads={"choices": list(HEADS)}, backend={"choices": ["auto", *BACKENDS]},
              every=positive, lag={**positive, "default": None}, long={"choices": list(LONG_FRAMES)},
-             walk={"choices": list(WALKS)}, threads=positive)
+             walk={"choices": list(WALKS)}, threads=positive, processes=positive)
 
     p = _command(sub, "evaluate", commands.cmd_evaluate, "metrics of an ensemble against solver data (JSON)")
     evaluate = sns_engine.evaluate

@@ -142,8 +142,8 @@ def _check_resumable(store: TrajectoryStore, record: dict[str, Any], members: Se
     chunk = store.root["flags"].chunks[0]  # members per rank of the run that made it
     if chunk != member_chunk:
         ranks = -(-len(members) // chunk)
-        raise FileExistsError(f"{out} was written by {ranks} rank(s) of {chunk} members; resume it "
-                              f"with {ranks} (torchrun --nproc_per_node={ranks})")
+        raise FileExistsError(f"{out} was written by {ranks} process(es) of {chunk} members; resume "
+                              f"it with as many: processes={ranks}, or torchrun --nproc_per_node={ranks}")
 
 
 class EnsembleWriter:
