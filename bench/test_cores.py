@@ -21,8 +21,9 @@ extra_info: threads (cores asked for), mode (single, member_split, intra_op), bu
 in memory) the same three ways but for the last: `1 thread` (threads=1, the baseline), `2 workers`
 (threads=2) and `2 processes` (processes=2: the members split over two spawned worker processes of
 one thread each, sns_engine/engine/processes.py), the workers' start (spawn, imports, bundle
-loading) included: what a caller waits for. Each checks its levels and moves against the 1-thread
-rollout's. extra_info: threads, processes, mode (single, member_split, processes), busy, batch.
+loading) included: what a caller waits for. Under --bench-long only (minutes in all). Each checks
+its levels and moves against the 1-thread rollout's. extra_info: threads, processes, mode (single,
+member_split, processes), busy, batch.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ ROUNDS = 3
 # rollout mode → (name, threads, processes)
 ROLLOUTS = {"single": ("1 thread", 1, 1), "member_split": ("2 workers", 2, 1),
             "processes": ("2 processes", 1, 2)}
-ROLLOUT_STEPS = 4
+ROLLOUT_STEPS = 20   # long enough for the workers' start (seconds) not to be the whole story
 ROLLOUT_ROUNDS = 2
 # a busy core that never outlives the benchmark: the loop ends when its parent has gone
 SPIN = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    for _ in range(10 ** 6): pass"
@@ -98,6 +99,7 @@ def _reference(batch: int) -> RolloutResult:
     return _rollout(batch, 1, 1)
 
 
+@pytest.mark.long  # a minute or more per case: only with --bench-long
 @pytest.mark.skipif(available_cores() < 2, reason="needs two cores")
 @pytest.mark.parametrize("mode", list(ROLLOUTS))
 @pytest.mark.parametrize("busy", [False, True], ids=["free", "busy"], indirect=True)
