@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import sns_engine
-from sns_engine import api
 from sns_engine import bundle as bundle_module
 from sns_engine.config import ConfigError
 from sns_engine.data import TrajectoryStore
+from sns_engine.engine import job as calls
 from sns_engine.engine.processes import WorkerError
 from sns_engine.engine.rollout import RolloutResult
 from tests.engine import spawned
@@ -72,7 +72,7 @@ def test_a_failed_worker_is_named_and_its_store_resumes(tiny_bundle, tmp_path, m
     args = dict(batch=4, steps=4, checkpoint_every=1, processes=2, quiet=True)
     sns_engine.rollout(tiny_bundle, out=tmp_path / "full.zarr", **args)
     cut = tmp_path / "cut.zarr"
-    monkeypatch.setattr(api, "_rollout_part", spawned.failing_part)
+    monkeypatch.setattr(calls, "worker_part", spawned.failing_part)
     with pytest.raises(WorkerError, match=r"^rollout worker 1 of 2 \(members 2\.\.3\) failed: "
                                           r"RuntimeError: injected failure before step 2\n") as failed:
         sns_engine.rollout(tiny_bundle, out=cut, **args)
@@ -89,7 +89,7 @@ def test_a_failed_worker_is_named_and_its_store_resumes(tiny_bundle, tmp_path, m
 
 
 def test_a_failed_worker_in_memory_stops_the_call(tiny_bundle, monkeypatch):
-    monkeypatch.setattr(api, "_rollout_part", spawned.failing_part)
+    monkeypatch.setattr(calls, "worker_part", spawned.failing_part)
     with pytest.raises(WorkerError, match=r"rollout worker 1 of 2 \(members 12\.\.13\) failed"):
         sns_engine.rollout(tiny_bundle, batch=4, steps=3, path="emulator", member_offset=10,
                            processes=2, quiet=True)
