@@ -8,8 +8,8 @@
 #   bash recipes/refinement-stage2.sh walk-bias     # the walk-bias table of each finished bundle
 #   bash recipes/refinement-stage2.sh pilot refiner-2x|refiner-4x|thermalizer-8k|attractor [--only METHOD...] [--quiet]
 #                                                   # its pilot arms (stage2-plan.md, -5.md, -7.md)
-#   bash recipes/refinement-stage2.sh decisive refiner-2x|thermalizer-8k [--only METHOD...] [--quiet]
-#                                                   # its decisive arms (stage2-plan-5.md); the
+#   bash recipes/refinement-stage2.sh decisive refiner-2x|refiner-4x|thermalizer-8k [--only METHOD...] [--quiet]
+#                                                   # its decisive arms (stage2-plan-5.md, -8.md); the
 #                                                   # refiner-2x study makes the solver control
 # Needs the default bundle's training data, out/default/data.zarr (README, "Reproducing the embedded
 # default bundle", first command) and, for walk-bias, out/heldout-12345.zarr (results/walk-bias).
@@ -121,16 +121,20 @@ case "${1:?refiner, thermalizer, attractor, walk-bias, pilot or decisive}" in
         study "$name" "out/stage2-pilot-$name" 8 2000 4 reference:out/ablation-pilot \
             control:out/ablation-pilot "$@" ;;
     decisive)
-        name=${2:?refiner-2x or thermalizer-8k}; shift 2
+        name=${2:?refiner-2x, refiner-4x or thermalizer-8k}; shift 2
         case "$name" in
             refiner-2x) methods=(emulator 'left_down[level_floor=3]' 'left_down[long=lagged,level_floor=2]')
                         control=() ;;   # this study makes the 16-member control
-            thermalizer-8k) methods=(emulator thermalizer); control=(control:out/stage2-decisive-refiner-2x)
-                            [ -f out/stage2-decisive-refiner-2x/reports/solver.json ] || {
-                                echo "run the refiner-2x decisive study first (it makes the control)" >&2; exit 2; } ;;
-            *) echo "no stage-2 decisive run for $name: refiner-2x or thermalizer-8k" >&2; exit 2 ;;
+            # stage2-plan-8.md: the 4x pilot's best arm and a deeper floor, the same control
+            refiner-4x) methods=(emulator 'left_down[long=lagged,level_floor=2]'
+                                 'left_down[long=lagged,level_floor=5]')
+                        control=(control:out/stage2-decisive-refiner-2x) ;;
+            thermalizer-8k) methods=(emulator thermalizer); control=(control:out/stage2-decisive-refiner-2x) ;;
+            *) echo "no stage-2 decisive run for $name: refiner-2x, refiner-4x or thermalizer-8k" >&2; exit 2 ;;
         esac
         only=("${methods[@]}")
+        [ ${#control[@]} -eq 0 ] || [ -f out/stage2-decisive-refiner-2x/reports/solver.json ] || {
+            echo "run the refiner-2x decisive study first (it makes the control)" >&2; exit 2; }
         [ -d out/ablation-pilot/data/reference.zarr ] ||
             bash recipes/refinement-ablation.sh pilot --only emulator --quiet
         study "$name" "out/stage2-decisive-$name" 16 3000 6 reference:out/ablation-pilot \
