@@ -22,7 +22,10 @@ in memory) the same three ways but for the last: `1 thread` (threads=1, the base
 (threads=2) and `2 processes` (processes=2: the members split over two spawned worker processes of
 one thread each, sns_engine/engine/processes.py), the workers' start (spawn, imports, bundle
 loading) included: what a caller waits for. Under --bench-long only (minutes in all). Each checks
-its levels and moves against the 1-thread rollout's. extra_info: threads, processes, mode (single,
+its levels and moves against the 1-thread rollout's: the same for at least AGREE of the
+member-steps (a split changes the float rounding, as oneDNN's convs are not batch-invariant, and
+a near-tied head reading can flip, after which that member walks otherwise; a broken split
+differs everywhere). extra_info: threads, processes, mode (single,
 member_split, processes), busy, batch.
 """
 
@@ -35,7 +38,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-import torch
 
 import sns_engine
 from sns_engine.engine.rollout import RolloutResult
@@ -53,6 +55,7 @@ ROLLOUTS = {"single": ("1 thread", 1, 1), "member_split": ("2 workers", 2, 1),
             "processes": ("2 processes", 1, 2)}
 ROLLOUT_STEPS = 20   # long enough for the workers' start (seconds) not to be the whole story
 ROLLOUT_ROUNDS = 2
+AGREE = 0.95         # of member-steps whose levels and move match the 1-thread rollout's
 # a busy core that never outlives the benchmark: the loop ends when its parent has gone
 SPIN = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    for _ in range(10 ** 6): pass"
 
@@ -112,4 +115,7 @@ def test_cores_rollout(benchmark, busy, batch, mode):
     benchmark.extra_info.update(threads=threads, processes=processes, mode=mode, busy=busy, batch=batch)
     result = benchmark.pedantic(_rollout, args=(batch, threads, processes), rounds=ROLLOUT_ROUNDS)
     reference = _reference(batch)
-    assert torch.equal(result.levels, reference.levels) and torch.equal(result.moves, reference.moves)
+    same = (result.levels == reference.levels).all(-1) & (result.moves == reference.moves)
+    assert float(same.float().mean()) >= AGREE, (
+        f"{name}: levels and moves match the 1-thread rollout's for {float(same.float().mean()):.1%} "
+        f"of member-steps (need {AGREE:.0%})")

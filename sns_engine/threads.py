@@ -4,8 +4,9 @@ Every public function that runs networks (rollout, train, calibrate, evaluate) o
 (generate_data) runs under `torch_threads`, which sets torch's intra-op threads for the call and
 restores the caller's setting afterwards. A CPU rollout's steps compute otherwise: their network
 calls split the members over `threads` worker threads of one torch thread each
-(sns_engine/engine/parallel.py), and every other op of a step runs on one torch thread; there is
-no barrier between the workers, so a busy core delays only its own worker's chunk.
+(sns_engine/engine/parallel.py), and every other op of a step runs on one torch thread; while
+other processes keep cores busy, the calls run on that many workers fewer (at least one:
+engine.parallel.CoreLoad), so the split never waits on a worker that shares a core.
 `sns_engine.rollout(threads=N)` and `sns-engine rollout --threads N` name N, the cores the rollout
 computes on: its steps' workers, and torch's threads for the rest of the call (loading, initial
 states, writing). Without a choice, a rollout's steps take `default_workers()`, every core this

@@ -8,6 +8,13 @@ delays only its own chunk, where torch's own intra-op threads spin-wait on each 
 member's result is computed by the same code as in one thread, only the chunks are spread;
 outputs are concatenated in member order.
 
+The pool works on the cores other processes leave it (`CoreLoad`): when they keep one of this
+process's cores busy, its calls run on one worker fewer, so a split never runs slower than one
+thread beside another job (two workers sharing one core wait on the slower chunk: 0.93× one
+thread at batch 16 beside a spin loop, bench/test_cores.py), and it takes the core back once free.
+The chunks stay those of `workers` workers, run one after another in the caller's thread, so
+what a rollout computes never depends on the load: a run and its resumed twin agree bit for bit.
+
 The Engine owns one pool for its lifetime (`Engine.close`) and runs each step on one torch thread
 (`threads.torch_threads(1)`), so that the step's own ops do not spin either.
 """
@@ -15,6 +22,8 @@ The Engine owns one pool for its lifetime (`Engine.close`) and runs each step on
 from __future__ import annotations
 
 import math
+import os
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,32 +31,89 @@ from typing import Any
 
 import torch
 
+PROC_STAT = "/proc/stat"
+
+
+class CoreLoad:
+    """The cores that other processes keep busy among this process's (its CPU affinity): the busy
+    time of those CPUs in /proc/stat less this process's own CPU time, per wall second, over
+    windows of at least `window` seconds (the last full window's figure). Where /proc/stat is
+    unreadable (not Linux) no core is ever seen busy."""
+
+    def __init__(self, window: float = 0.5) -> None:
+        self.cpus = (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else list(range(os.cpu_count() or 1)))
+        self.window = window
+        self.others = 0.0
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(wall, busy CPU seconds of our CPUs, this process's CPU seconds), None if unreadable."""
+        try:
+            with open(PROC_STAT) as stat:
+                lines = stat.read().splitlines()
+        except OSError:
+            return None
+        busy, ours = 0, {f"cpu{i}" for i in self.cpus}
+        for line in lines:
+            name, *times = line.split()
+            if name in ours:  # user nice system idle iowait irq softirq steal …: all but idle, iowait
+                ticks = [int(t) for t in times[:8]]
+                busy += sum(ticks) - ticks[3] - ticks[4]
+        return time.monotonic(), busy / self._tick, time.process_time()
+
+    def busy_cores(self) -> float:
+        """Cores' worth of CPU time other processes took over the last full window."""
+        now = self._sample()
+        if now is None or self._last is None:
+            return 0.0
+        wall = now[0] - self._last[0]
+        if wall >= self.window:
+            self.others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
+            self._last = now
+        return self.others
+
+    def free_cores(self) -> int:
+        """This process's cores less those others keep busy (rounded), at least one."""
+        return max(1, round(len(self.cpus) - self.busy_cores()))
+
 
 class ChunkPool:
-    """`workers` threads (≥ 2) that run the member chunks of a call concurrently; `close` (or the
-    pool's garbage collection) joins them."""
+    """`workers` threads (≥ 2) that run the member chunks of a call concurrently, on as many of
+    them as `CoreLoad` finds cores free (module docstring); `close` (or the pool's garbage
+    collection) joins them."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, load: CoreLoad | None = None) -> None:
         if workers < 2:
             raise ValueError(f"a ChunkPool needs at least 2 workers, got {workers}")
         self.workers = workers
+        self.load = CoreLoad() if load is None else load
         # torch's thread count (ATen's OpenMP, MKL's) is per thread, and a new thread's MKL would
         # use every core: each worker sets its own to one
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="sns-chunk",
                                             initializer=torch.set_num_threads, initargs=(1,))
         self._finalizer = weakref.finalize(self, self._executor.shutdown)
 
+    def active(self) -> int:
+        """Workers a call runs on now: `workers`, fewer where other processes hold cores."""
+        return min(self.workers, self.load.free_cores())
+
     def chunk_size(self, rows: int, most: int) -> int:
         """Members per chunk of a call of `rows` members: at most `most` (activations in cache),
-        else an even share per worker. Not smaller, for balance when a core is busy: the U-Net
-        costs more per member in smaller chunks (one core, batch 32: 10.3 ms per member in chunks
-        of 16, 12.1 in chunks of 8, 14.2 in chunks of 4), and two chunks per worker measured no
-        faster beside a busy core and slower on free ones (bench/test_cores.py)."""
+        else an even share per worker (whatever the load, so the results do not follow it). Not
+        smaller, for balance when a core is busy: the U-Net costs more per member in smaller
+        chunks (one core, batch 32: 10.3 ms per member in chunks of 16, 12.1 in chunks of 8,
+        14.2 in chunks of 4), and two chunks per worker measured no faster beside a busy core and
+        slower on free ones (bench/test_cores.py)."""
         return max(1, min(most, math.ceil(rows / self.workers)))
 
     def map(self, fn: Callable[..., Any], parts: Sequence[tuple[torch.Tensor, ...]]) -> list[Any]:
         """[fn(*part) for part in parts], computed on the pool under the caller's grad mode and CPU
-        autocast (both thread-local in torch), in order."""
+        autocast (both thread-local in torch), in order; in the caller's thread while one worker
+        is active."""
+        if self.active() == 1:
+            return [fn(*part) for part in parts]
         grad = torch.is_grad_enabled()
         autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 

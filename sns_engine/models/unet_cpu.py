@@ -185,16 +185,28 @@ def stacked(convs: Iterable[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs])
 
 
+def pixels(t: torch.Tensor) -> torch.Tensor:
+    """The (B·H·W, C) matrix of a channels_last (B, C, H, W) tensor: a view, else a copy."""
+    return nhwc(t).reshape(-1, t.shape[1])
+
+
 def add_shortcut(h: torch.Tensor, shortcut: nn.Module, x: torch.Tensor,
                  skip: torch.Tensor | None) -> torch.Tensor:
-    """h + shortcut(cat([x, skip], 1)) in place: a 1×1 conv reads x and skip with its weight
-    split between them (as ops.conv_block's torch path, no cat); the identity is added."""
+    """h + shortcut(cat([x, skip], 1)) in place: a 1×1 conv is a GEMM over the pixels,
+    accumulated into h (addmm into h: no output tensor, no add pass; torch's conv would take its slow
+    NCHW path below 16 members on one thread), its weight split between x and skip (no cat); the
+    identity is added."""
     weight = getattr(shortcut, "weight", None)
     if weight is None:
         return h.add_(x if skip is None else torch.cat([x, skip], dim=1))
-    c = x.shape[1]
-    h.add_(F.conv2d(x, weight[:, :c], shortcut.bias))
-    return h if skip is None else h.add_(F.conv2d(skip, weight[:, c:]))
+    out, weight, c = pixels(h), weight.flatten(1), x.shape[1]
+    if out.data_ptr() != h.data_ptr() or not out.is_contiguous():
+        raise ValueError("add_shortcut accumulates into a channels_last h")
+    torch.addmm(out, pixels(x), weight[:, :c].t(), out=out)  # (FLOP counters see `addmm`)
+    if skip is not None:
+        torch.addmm(out, pixels(skip), weight[:, c:].t(), out=out)
+    out.add_(shortcut.bias)
+    return h
 
 
 def block(residual: nn.Module, x: torch.Tensor, skip: torch.Tensor | None,

@@ -12,8 +12,9 @@ from sns_engine.api import DEFAULT_BUNDLE
 from sns_engine.bundle import load_bundle
 from sns_engine.config import ConfigError, RolloutConfig
 from sns_engine.diffusion.schedule import CosineSchedule
+from sns_engine.engine import parallel
 from sns_engine.engine.denoiser import refiner_denoiser
-from sns_engine.engine.parallel import ChunkPool
+from sns_engine.engine.parallel import ChunkPool, CoreLoad
 from sns_engine.engine.rollout import CPU_CHUNK, Engine, chunked
 
 from .toys import ToyEmulator
@@ -26,11 +27,27 @@ def default_bundle():
     return load_bundle(DEFAULT_BUNDLE)
 
 
+class SetLoad(CoreLoad):
+    """Two cores, `others` of them kept busy by other processes (whatever the machine runs)."""
+
+    def __init__(self, others: float = 0.0) -> None:
+        self.cpus, self.others = [0, 1], others
+
+    def busy_cores(self) -> float:
+        return self.others
+
+
 @pytest.fixture
 def pool():
-    with_pool = ChunkPool(2)
+    with_pool = ChunkPool(2, SetLoad())
     yield with_pool
     with_pool.close()
+
+
+@pytest.fixture
+def idle_cores(monkeypatch):
+    """Every ChunkPool sees its cores free, as on an idle machine (another suite may run here)."""
+    monkeypatch.setattr(CoreLoad, "busy_cores", lambda self: 0.0)
 
 
 def _pool_threads() -> list[threading.Thread]:
@@ -57,6 +74,61 @@ def test_chunks_run_on_the_pool_in_member_order_on_one_torch_thread(pool):
     assert all(name.startswith("sns-chunk") and threads == 1 and not grad for name, threads, grad in seen)
 
 
+def test_a_core_held_by_another_process_leaves_the_pool_one_worker_in_the_callers_thread():
+    """One of two cores busy: the same chunks as on free cores, one after another in the caller's
+    thread; the core free again: on the pool's threads."""
+    load = SetLoad(others=0.9)
+    split = ChunkPool(2, load)
+    seen = []
+
+    def fn(x):
+        seen.append((threading.current_thread().name, x.shape[0]))
+        return x + 1
+
+    x = torch.randn(40, 3)
+    try:
+        for others, on_pool in ((0.9, False), (0.3, True)):
+            load.others, seen[:] = others, []
+            assert split.active() == (2 if on_pool else 1) and split.chunk_size(16, CPU_CHUNK) == 8
+            assert torch.equal(chunked(fn, 16, split)(x[:16]), x[:16] + 1)
+            assert torch.equal(chunked(fn, 16, split)(x), x + 1)
+            assert sorted(n for _, n in seen) == [8, 8, 8, 16, 16]
+            assert all(t.startswith("sns-chunk") == on_pool for t, _ in seen)
+    finally:
+        split.close()
+
+
+def test_core_load_counts_other_processes_cpu_time_not_ours(tmp_path, monkeypatch):
+    """/proc/stat's busy ticks (all but idle and iowait) of this process's CPUs less its own CPU
+    time, per wall second, updated once a window has passed; unreadable: nothing busy."""
+    stat, clock = tmp_path / "stat", {"wall": 0.0, "own": 0.0}
+
+    def write(busy0: int, busy1: int, other_cpu: int = 0) -> None:  # user ticks; idle 500 each
+        stat.write_text(f"cpu  {busy0 + busy1} 0 0 1000 0 0 0 0 0 0\n"
+                        f"cpu0 {busy0} 0 0 500 7 0 0 0 0 0\n"
+                        f"cpu1 {busy1 // 2} 0 {busy1 - busy1 // 2} 500 9 0 0 0 0 0\n"
+                        f"cpu2 {other_cpu} 0 0 0 0 0 0 0 0 0\nintr 1 2 3\n")
+
+    monkeypatch.setattr(parallel, "PROC_STAT", str(stat))
+    monkeypatch.setattr(parallel.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(parallel.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    write(1000, 1000)
+    load = CoreLoad(window=0.5)
+    # 1 s later: 250 busy ticks (2.5 CPU-s at 100 Hz, and cpu2, not ours, ignored), 1 CPU-s ours
+    write(1100, 1150, other_cpu=900)
+    clock.update(wall=1.0, own=1.0)
+    assert load.busy_cores() == pytest.approx(1.5) and load.free_cores() == 1
+    write(1120, 1160)          # 0.2 s on: under a window, the last figure stands
+    clock.update(wall=1.2, own=1.1)
+    assert load.busy_cores() == pytest.approx(1.5)
+    write(1150, 1200)          # 1 s after the last window: 1 CPU-s busy, all of it ours
+    clock.update(wall=2.0, own=2.0)
+    assert load.busy_cores() == pytest.approx(0.0) and load.free_cores() == 2
+    stat.unlink()
+    assert CoreLoad().busy_cores() == 0.0
+
+
 def test_parallel_network_call_equals_the_sequential_one(default_bundle, pool):
     """The refiner's full forward (a NamedTuple of ε̂ and logits) and the emulator on fresh random
     inputs: same members, chunked otherwise (oneDNN need not be batch-invariant: a tolerance)."""
@@ -72,7 +144,7 @@ def test_parallel_network_call_equals_the_sequential_one(default_bundle, pool):
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
 
 
-def test_rollout_does_not_depend_on_threads(default_bundle, monkeypatch):
+def test_rollout_does_not_depend_on_threads(default_bundle, monkeypatch, idle_cores):
     """threads=2 (two workers) against threads=1 on the embedded bundle: levels and moves equal,
     states within 1e-5 of their scale; the pool ran chunks and is gone after the rollout."""
     calls = []
@@ -92,7 +164,7 @@ def test_rollout_does_not_depend_on_threads(default_bundle, monkeypatch):
     assert float((one.states - two.states).abs().max()) <= 1e-5 * float(one.states.abs().max())
 
 
-def test_engine_closes_its_pool_and_steps_on_one_torch_thread(monkeypatch):
+def test_engine_closes_its_pool_and_steps_on_one_torch_thread(monkeypatch, idle_cores):
     cfg = RolloutConfig(path="emulator", steps=1)
     seen = []
     step = Engine._step
