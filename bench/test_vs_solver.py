@@ -7,7 +7,8 @@ default bundle, whose emulator advances one snapshot interval per step, alone, w
 authors run Kolmogorov (left_down, every member refined every step), with an activation
 threshold (n̂_x ≥ 5, the default bundle's calibrated threshold: 99th percentile of n̂_x on clean
 held-out frames + 1), with the refinement policies beyond the authors that the ablation measured
-(results/refinement-ablation: the lagged long frame, and an x floor of 10 every 5th step) and with
+(results/refinement-ablation: the lagged long frame, alone and with an x floor of 2, the stage-2
+decisive runs' best arm, and an x floor of 10 every 5th step) and with
 the Thermalizer at its defaults. The summary's ratio to the solver
 answers the question per member-step; extra_info["time_per_second"] is simulated time units per
 wall second per member, extra_info["gflop_per_member_step"] the networks' work.
@@ -36,6 +37,7 @@ GROUP = "vs solver, kolmogorov cpu"
 SURROGATES = {"emulator": dict(path="emulator"), "sns_every_step": dict(path="left_down"),
               "sns_threshold5": dict(path="left_down", threshold=5),
               "sns_lagged": dict(path="left_down", long="lagged"),
+              "sns_lagged_floor2": dict(path="left_down", long="lagged", level_floor=2),
               "sns_floor10_every5": dict(path="left_down", level_floor=10, every=5),
               "thermalizer": dict(path="thermalizer")}
 
