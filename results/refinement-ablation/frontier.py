@@ -146,22 +146,47 @@ SHORT = {"left_down": "published (left_down)", "left_down[level_floor=10,every=5
          "left_down[level_floor=5]": "floor 5",
          "left_down[level_floor=3] @refiner-2x": "floor 3, refiner 2×",
          "left_down[long=lagged,level_floor=2] @refiner-2x": "lagged + floor 2, refiner 2×",
+         "left_down[long=lagged,level_floor=2] @refiner-4x": "lagged + floor 2, refiner 4×",
+         "left_down[long=lagged,level_floor=5] @refiner-4x": "lagged + floor 5, refiner 4×",
          "thermalizer @thermalizer-8k": "Thermalizer (8 000 steps)"}
+
+
+OFFSETS = [(7, 6), (7, -12), (7, 18), (7, -24), (-7, 6), (-7, -12)]  # points from the marker
+
+
+def place_labels(fig, labels: list) -> None:
+    """Annotate each (axis, text, point, colour) at the first of OFFSETS where it overlaps no label
+    placed before it (left of the point: right-aligned), else at the first offset."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for axis, text, point, colour in labels:
+        for dx, dy in OFFSETS:
+            label = axis.annotate(text, point, textcoords="offset points", xytext=(dx, dy),
+                                  fontsize=8, color=colour, ha="left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:
+            label = axis.annotate(text, point, textcoords="offset points", xytext=OFFSETS[0],
+                                  fontsize=8, color=colour)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 def plot(rows: list[dict], horizon: float, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8.5), sharex=True)
-    for i, row in enumerate(sorted(rows, key=lambda r: r["cost_vs_solver"])):
+    labels = []
+    for row in sorted(rows, key=lambda r: r["cost_vs_solver"]):
         x = row["cost_vs_solver"]
         style = dict(marker="s" if row["method"] == "emulator" else "o", ms=7, capsize=3)
         for axis, key, interval in ((top, "worst_x_floor", "worst_interval"),
                                     (bottom, "median_stability", "median_interval")):
             y, (lo, hi) = row[key], row[interval]
             line = axis.errorbar([x], [y], yerr=[[y - lo], [hi - y]], **style)
-            axis.annotate(SHORT.get(row["method"], row["method"]), (x, y), textcoords="offset points",
-                          xytext=(7, 10 - 9 * (i % 3)), fontsize=8, color=line[0].get_color())
+            labels.append((axis, SHORT.get(row["method"], row["method"]), (x, y), line[0].get_color()))
     top.plot([1], [1], "k*", ms=14)
     top.annotate("solver (the floor)", (1, 1), textcoords="offset points", xytext=(6, -12), fontsize=8)
     top.set_yscale("log")
@@ -185,6 +210,7 @@ def plot(rows: list[dict], horizon: float, out: Path) -> None:
     bottom.set_xlabel("CPU cost per simulated time unit, relative to the solver (log; same machine)")
     fig.suptitle("Cost against fidelity: every refinement policy of the ablation", y=0.995)
     fig.tight_layout()
+    place_labels(fig, labels)
     fig.savefig(out, dpi=130)
     plt.close(fig)
 
