@@ -40,6 +40,7 @@ from sns_engine.engine.rollout import EngineStats, MemberFlops, RolloutResult
 from sns_engine.engine.shard import Shard
 
 Target = Callable[[int, int], RolloutResult]  # (rank, world) → that worker's share
+EXIT_WAIT = 30.0  # seconds a worker that sent its share may take to exit before it is terminated
 
 
 class WorkerError(RuntimeError):
@@ -101,8 +102,12 @@ def run(target: Target, world: int, members: Sequence[int], keep_going: bool) ->
                     parts[rank] = _unpacked(payload)
                 else:
                     failed[rank] = (payload, details)
-    finally:  # a worker left running (stopped after a failure, or Ctrl-C here) is terminated
-        for proc in procs:
+    finally:  # a worker that reported exits on its own (terminated mid-exit, it would leak its
+        # semaphores); one left running (stopped after a failure, or Ctrl-C here) is terminated
+        unreported = set(pending.values())
+        for rank, proc in enumerate(procs):
+            if rank not in unreported:
+                proc.join(timeout=EXIT_WAIT)
             if proc.is_alive():
                 proc.terminate()
             proc.join()

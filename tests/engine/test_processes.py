@@ -127,3 +127,20 @@ def test_the_command_line_passes_processes(tmp_path, capsys):
         main(["rollout", "--out", str(tmp_path / "e.zarr"), "--batch", "2", "--processes", "3"])
     assert exit_.value.code == 2 and capsys.readouterr().err == (
         "sns-engine rollout: error: 3 processes for 2 members: use at most one process per member\n")
+
+
+def test_workers_exit_on_their_own_and_leak_nothing(tmp_path):
+    """A worker that sent its share is left to exit, not terminated mid-exit (which leaked its
+    semaphores: the resource tracker warned at interpreter exit)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "two_workers.py"
+    script.write_text("import sns_engine\n"
+                      "if __name__ == '__main__':\n"
+                      "    for _ in range(3):  # one call leaked at times, three each time tried\n"
+                      "        sns_engine.rollout(batch=2, steps=1, path='emulator', quiet=True,\n"
+                      "                           processes=2)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "leaked" not in done.stderr, done.stderr
