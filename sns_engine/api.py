@@ -86,13 +86,13 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     member_offset: id of the first member; a member's noise is keyed by its id (default 0)
     quiet: no progress bar (default False)
     threads: the cores this call computes on: on the CPU each step's network calls split their
-        members over `threads` worker threads of one torch thread each, fewer while other
-        processes keep cores busy (the same chunks: the results do not depend on the load; on
-        `threads` only in float rounding, which can flip a near-tied head reading); the rest of
-        the call, and a GPU
-        rollout, runs `threads` torch threads (the caller's setting restored after it). None: for
-        the steps every core this process may use, shared among the node's ranks; for the rest
-        one torch thread per process on a machine of ≤ 2 cores, else as the steps (default None)
+        members over `threads` worker threads of one torch thread each, or runs them one after
+        another while other processes leave it one free core (the same chunks: the results do
+        not depend on the load; on `threads` only in float rounding, which can flip a near-tied
+        head reading); the rest of the call, and a GPU rollout, runs `threads` torch threads
+        (the caller's setting restored after it). None: for the steps every core this process
+        may use, shared among the node's ranks; for the rest one torch thread per process on a
+        machine of ≤ 2 cores, else as the steps (default None)
     processes: worker processes a CPU rollout splits its members over, each on one thread, as
         torchrun's ranks (sns_engine/engine/processes.py; the results do not depend on it, a
         refined path's states but for float rounding): a batch that splits in chunks, threads= at

@@ -8,12 +8,12 @@ delays only its own chunk, where torch's own intra-op threads spin-wait on each 
 member's result is computed by the same code as in one thread, only the chunks are spread;
 outputs are concatenated in member order.
 
-The pool works on the cores other processes leave it (`CoreLoad`): when they keep one of this
-process's cores busy, its calls run on one worker fewer, so a split never runs slower than one
-thread beside another job (two workers sharing one core wait on the slower chunk: 0.93× one
-thread at batch 16 beside a spin loop, bench/test_cores.py), and it takes the core back once free.
-The chunks stay those of `workers` workers, run one after another in the caller's thread, so
-what a rollout computes never depends on the load: a run and its resumed twin agree bit for bit.
+The pool watches the cores other processes leave it (`CoreLoad`): while they leave it a single
+free core, a call's chunks run one after another in the caller's thread, since two workers
+sharing one core wait on the slower chunk (0.93× one thread at batch 16 beside a spin loop,
+bench/test_cores.py); it takes the second core back once free. The chunks stay those of
+`workers` workers, so what a rollout computes never depends on the load: a run and its resumed
+twin agree bit for bit.
 
 The Engine owns one pool for its lifetime (`Engine.close`) and runs each step on one torch thread
 (`threads.torch_threads(1)`), so that the step's own ops do not spin either.
@@ -80,8 +80,8 @@ class CoreLoad:
 
 
 class ChunkPool:
-    """`workers` threads (≥ 2) that run the member chunks of a call concurrently, on as many of
-    them as `CoreLoad` finds cores free (module docstring); `close` (or the pool's garbage
+    """`workers` threads (≥ 2) that run the member chunks of a call concurrently, or none while
+    `CoreLoad` finds a single core free (module docstring); `close` (or the pool's garbage
     collection) joins them."""
 
     def __init__(self, workers: int, load: CoreLoad | None = None) -> None:
@@ -96,8 +96,9 @@ class ChunkPool:
         self._finalizer = weakref.finalize(self, self._executor.shutdown)
 
     def active(self) -> int:
-        """Workers a call runs on now: `workers`, fewer where other processes hold cores."""
-        return min(self.workers, self.load.free_cores())
+        """Workers a call runs on now: `workers`, or 1 (the caller's thread) while other processes
+        leave this process a single free core."""
+        return 1 if self.load.free_cores() == 1 else self.workers
 
     def chunk_size(self, rows: int, most: int) -> int:
         """Members per chunk of a call of `rows` members: at most `most` (activations in cache),
