@@ -18,15 +18,15 @@ cores against one. Every case first checks its step against the per-member refer
 extra_info: threads (cores asked for), mode (single, member_split, intra_op), busy, batch.
 
 `rollout[mode, free|busy, batch=B]` times whole `sns_engine.rollout` calls (ROLLOUT_STEPS steps,
-in memory) the same three ways but for the last: `1 thread` (threads=1, the baseline), `2 workers`
-(threads=2) and `2 processes` (processes=2: the members split over two spawned worker processes of
-one thread each, sns_engine/engine/processes.py), the workers' start (spawn, imports, bundle
-loading) included: what a caller waits for. Under --bench-long only (minutes in all). Each checks
-its levels and moves against the 1-thread rollout's: the same for at least AGREE of the
-member-steps (a split changes the float rounding, as oneDNN's convs are not batch-invariant, and
-a near-tied head reading can flip, after which that member walks otherwise; a broken split
-differs everywhere). extra_info: threads, processes, mode (single,
-member_split, processes), busy, batch.
+20 unless SNS_BENCH_ROLLOUT_STEPS says otherwise, in memory) the same three ways but for the
+last: `1 thread` (threads=1, the baseline), `2 workers` (threads=2) and `2 processes`
+(processes=2: the members split over two spawned worker processes of one thread each,
+sns_engine/engine/processes.py), the workers' start (spawn, imports, bundle loading) included:
+what a caller waits for. Under --bench-long only (minutes in all). Each checks its levels and
+moves against the 1-thread rollout's: the same for at least AGREE of the member-steps (a split
+changes the float rounding, as oneDNN's convs are not batch-invariant, and a near-tied head
+reading can flip, after which that member walks otherwise; a broken split differs everywhere).
+extra_info: threads, processes, steps, mode (single, member_split, processes), busy, batch.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ ROUNDS = 3
 # rollout mode → (name, threads, processes)
 ROLLOUTS = {"single": ("1 thread", 1, 1), "member_split": ("2 workers", 2, 1),
             "processes": ("2 processes", 1, 2)}
-ROLLOUT_STEPS = 20   # long enough for the workers' start (seconds) not to be the whole story
+# long enough for the workers' start (seconds) not to be the whole story; SNS_BENCH_ROLLOUT_STEPS
+# sets another (a long rollout, where the start is paid once)
+ROLLOUT_STEPS = int(os.environ.get("SNS_BENCH_ROLLOUT_STEPS", "20"))
 ROLLOUT_ROUNDS = 2
 AGREE = 0.95         # of member-steps whose levels and move match the 1-thread rollout's
 # a busy core that never outlives the benchmark: the loop ends when its parent has gone
@@ -112,7 +114,8 @@ def test_cores_rollout(benchmark, busy, batch, mode):
     load = "busy" if busy else "free"
     describe(benchmark, f"rollout[{name}, {load}, batch={batch}]", group=f"rollout, {load}, batch={batch}",
              baseline=mode == "single", member_steps=batch * ROLLOUT_STEPS)
-    benchmark.extra_info.update(threads=threads, processes=processes, mode=mode, busy=busy, batch=batch)
+    benchmark.extra_info.update(threads=threads, processes=processes, mode=mode, busy=busy, batch=batch,
+                                steps=ROLLOUT_STEPS)
     result = benchmark.pedantic(_rollout, args=(batch, threads, processes), rounds=ROLLOUT_ROUNDS)
     reference = _reference(batch)
     same = (result.levels == reference.levels).all(-1) & (result.moves == reference.moves)
