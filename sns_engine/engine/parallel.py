@@ -64,14 +64,16 @@ class CoreLoad:
         return time.monotonic(), busy / self._tick, time.process_time()
 
     def busy_cores(self) -> float:
-        """Cores' worth of CPU time other processes took over the last full window."""
+        """Cores' worth of CPU time other processes took over the last full window (/proc/stat is
+        read once a window has passed, not on every network call)."""
+        if self._last is None or time.monotonic() - self._last[0] < self.window:
+            return self.others
         now = self._sample()
-        if now is None or self._last is None:
-            return 0.0
+        if now is None:
+            return self.others
         wall = now[0] - self._last[0]
-        if wall >= self.window:
-            self.others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
-            self._last = now
+        self.others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
+        self._last = now
         return self.others
 
     def free_cores(self) -> int:
