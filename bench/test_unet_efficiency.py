@@ -13,9 +13,8 @@ levels-only pass (encoder, middle, heads), each in the implementations compared 
   bench/bf16_accuracy.py);
 - `compiled`: `torch.compile` (inductor, C++) of the reference, marked `long` (minutes to compile).
 
-Then the emulator's widest decoder block (unconditioned, 64²): the reference, the fast path, and
-the fast path with oneDNN's fused conv + bias + GELU (`torch.ops.mkldnn._convolution_pointwise`)
-for its first conv (a candidate, dropped).
+Then the emulator's widest decoder block (unconditioned, 64²): the reference and the fast path
+(whose first conv runs with its GELU fused, on packed weights: `unet_cpu.conv2d`).
 
 extra_info: `flops` of a call (models.unet.forward_flops × batch), `gflops_per_s` achieved and
 `percent_of_gemm`, of the GEMM rate measured in the same run (the summary prints it after the
@@ -30,7 +29,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sns_engine.api import DEFAULT_BUNDLE
 from sns_engine.bundle import load_bundle
@@ -145,20 +143,8 @@ def test_bf16_accuracy_runs():
     assert first["walk"]["relative_error_all"]["max"] < 0.1   # a walk moves the state ≈ 1 %
 
 
-def _fused_block(block, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """`unet_cpu.block` of an unconditioned block with conv1 + bias + GELU in one oneDNN call
-    (conv2 then reads its output padded, without a GELU pass of its own)."""
-    u = torch.cat([x, skip], dim=1)
-    g = torch.ops.mkldnn._convolution_pointwise(
-        unet_cpu.circular_pad(u, gelu=True), block.conv1.weight, block.conv1.bias, [0, 0],
-        [1, 1], [1, 1], 1, "gelu", [], "none")
-    h = F.conv2d(unet_cpu.circular_pad(g), block.conv2.weight, block.conv2.bias)
-    return h.add_(block.shortcut(u))
-
-
 BLOCKS = {"reference": lambda block, x, skip: block(x, skip),
-          "fast": lambda block, x, skip: unet_cpu.block(block, x, skip, ()),
-          "fused": _fused_block}
+          "fast": lambda block, x, skip: unet_cpu.block(block, x, skip, ())}
 
 
 @pytest.mark.parametrize("impl", list(BLOCKS))

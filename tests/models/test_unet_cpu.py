@@ -140,3 +140,30 @@ def test_the_fast_path_runs_the_counted_flops():
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             run(*frames)
         assert counter.get_total_flops() == 3 * forward_flops(model, kind)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_conv2d_equals_f_conv2d_and_follows_weight_changes(packing, monkeypatch):
+    """Plain, with its GELU, grouped over two stacked convs (stride 2); the packed weights are
+    remade after an in-place update and dropped with the conv."""
+    import gc
+
+    monkeypatch.setattr(unet_cpu, "PACKING", packing and unet_cpu.PACKING)
+    convs = tuple(randomize(torch.nn.Conv2d(3, 4, 3, stride=2), seed=40 + i) for i in range(2))
+    t = fresh(3, 6, 9, 11, seed=41)
+    w, b = torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs])
+    with torch.no_grad():
+        expected = F.conv2d(t[:, :3], convs[0].weight, convs[0].bias, 2)
+        close(unet_cpu.conv2d(convs[0], t[:, :3].contiguous(memory_format=CL)), expected)
+        close(unet_cpu.conv2d(convs[0], t[:, :3].contiguous(memory_format=CL), gelu=True),
+              F.gelu(expected))
+        close(unet_cpu.conv2d(convs, t, groups=2), F.conv2d(t, w, b, 2, groups=2))
+        convs[0].weight.mul_(-2.0)   # an optimizer step, a load_state_dict: the version moves
+        close(unet_cpu.conv2d(convs[0], t[:, :3].contiguous(memory_format=CL)),
+              F.conv2d(t[:, :3], convs[0].weight, convs[0].bias, 2))
+    if packing and unet_cpu.PACKING:
+        keys = {(1, id(convs[0])), (2, *map(id, convs))}
+        assert keys <= set(unet_cpu._PACKED)
+        del convs, w, b
+        gc.collect()
+        assert not keys & set(unet_cpu._PACKED)
