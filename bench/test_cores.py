@@ -23,9 +23,11 @@ last: `1 thread` (threads=1, the baseline), `2 workers` (threads=2) and `2 proce
 (processes=2: the members split over two spawned worker processes of one thread each,
 sns_engine/engine/processes.py), the workers' start (spawn, imports, bundle loading) included:
 what a caller waits for. Under --bench-long only (minutes in all). Each checks its levels and
-moves against the 1-thread rollout's: the same for at least AGREE of the member-steps (a split
-changes the float rounding, as oneDNN's convs are not batch-invariant, and a near-tied head
-reading can flip, after which that member walks otherwise; a broken split differs everywhere).
+moves against the 1-thread rollout's: the same for at least AGREE of the member-steps (all of
+them where the U-Net's fast path is batch-invariant, ops.row_linear: on the AVX-512 CPUs
+measured; elsewhere a split changes the float rounding and a near-tied head reading can flip,
+after which that member walks otherwise; a broken split differs everywhere); extra_info's
+`agreement` says how many.
 extra_info: threads, processes, steps, mode (single, member_split, processes), busy, batch.
 """
 
@@ -38,6 +40,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 import sns_engine
 from sns_engine.engine.rollout import RolloutResult
@@ -119,6 +122,8 @@ def test_cores_rollout(benchmark, busy, batch, mode):
     result = benchmark.pedantic(_rollout, args=(batch, threads, processes), rounds=ROLLOUT_ROUNDS)
     reference = _reference(batch)
     same = (result.levels == reference.levels).all(-1) & (result.moves == reference.moves)
+    benchmark.extra_info.update(agreement=float(same.float().mean()),
+                                states_equal=bool(torch.equal(result.states, reference.states)))
     assert float(same.float().mean()) >= AGREE, (
         f"{name}: levels and moves match the 1-thread rollout's for {float(same.float().mean()):.1%} "
         f"of member-steps (need {AGREE:.0%})")

@@ -88,14 +88,15 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     threads: the cores this call computes on: on the CPU each step's network calls split their
         members over `threads` worker threads of one torch thread each, or runs them one after
         another while other processes leave it one free core (the same chunks: the results do
-        not depend on the load; on `threads` only in float rounding, which can flip a near-tied
-        head reading); the rest of the call, and a GPU rollout, runs `threads` torch threads
+        not depend on the load, nor on `threads` where the U-Net's fast path is batch-invariant,
+        ops.row_linear; elsewhere only in float rounding, which can flip a near-tied head
+        reading); the rest of the call, and a GPU rollout, runs `threads` torch threads
         (the caller's setting restored after it). None: for the steps every core this process
         may use, shared among the node's ranks; for the rest one torch thread per process on a
         machine of ≤ 2 cores, else as the steps (default None)
     processes: worker processes a CPU rollout splits its members over, each on one thread, as
         torchrun's ranks (sns_engine/engine/processes.py; the results do not depend on it, a
-        refined path's states but for float rounding): a batch that splits in chunks, threads= at
+        as threads=): a batch that splits in chunks, threads= at
         most 1, no torchrun, no GPU, not the reference engine; a store is resumed with as many. A
         script that passes it calls rollout under `if __name__ == "__main__":` (the workers are
         spawned). 1: this process only (default 1)

@@ -3,11 +3,11 @@
 N spawned worker processes each roll out a contiguous, chunk-aligned share of the members
 (`Shard.local`) on one torch thread with no thread split of their own, exactly as N torchrun ranks
 would: a member's trajectory depends only on its id (its noise is keyed by it), so each share is
-rolled out bit for bit as it would be alone. Against one process of the whole batch a refined
-path's states may differ in the last bits, as with threads=: a walk batches a member's network
-calls with whichever members walk with it, and oneDNN's convolutions are not batch-invariant; so a
-near-tied head reading can flip, and that member then walks otherwise (rare: levels and moves
-agreed for every member-step of bench/test_cores.py's 20-step rollouts). Unlike
+rolled out bit for bit as it would be alone. Against one process of the whole batch it is the
+same bit for bit where the U-Net's CPU fast path is batch-invariant (its linears are, by
+ops.row_linear; oneDNN's convs were on every AVX-512 CPU measured): a walk batches a member's
+network calls with whichever members walk with it. Where the convs are not, a refined path's
+states may differ in the last bits, and a near-tied head reading can then flip. Unlike
 engine/parallel.py's threads, processes share no GIL.
 
 The parent does what torchrun's rank 0 does before the others start (it creates or checks the

@@ -284,12 +284,13 @@ class UNet(nn.Module):
         """Decoder output from bottleneck features; consumes the skip stack. A decoder
         conditioned on the heads reads their `logits` (one per head, in head order)."""
         embeddings: tuple[torch.Tensor, ...] = ()
+        convs, fast = block_backend(backend, h.device), self._fast(h, backend)
         if self.level_embeddings:
             if logits is None or len(logits) != len(self.level_embeddings):
                 raise ValueError(f"this decoder is conditioned on {len(self.level_embeddings)} "
                                  f"heads' logits, got {0 if logits is None else len(logits)}")
-            embeddings = tuple(embed(z) for embed, z in zip(self.level_embeddings, logits, strict=True))
-        convs, fast = block_backend(backend, h.device), self._fast(h, backend)
+            embeddings = tuple(unet_cpu.embedding(embed, z) if fast else embed(z)
+                               for embed, z in zip(self.level_embeddings, logits, strict=True))
         for i, level in enumerate(self.decoder):
             for unit in level:
                 h = self._unit(unit, h, convs, fast, skips.pop(), embeddings)
@@ -307,8 +308,9 @@ class UNet(nn.Module):
     def level_logits(self, h: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:
         """Each head's logits (B, head_classes) from bottleneck features (`backend` only decides
         whether the heads' convs take the CPU fast path)."""
-        features = self._features(h, backend)
-        return [head.fc2(f) for head, f in zip(self.level_heads, features, strict=True)]
+        features, fast = self._features(h, backend), self._fast(h, backend)
+        return [unet_cpu.linear(head.fc2, f) if fast else head.fc2(f)
+                for head, f in zip(self.level_heads, features, strict=True)]
 
     @unet_cpu.in_chunks
     def levels(self, x: torch.Tensor, backend: str | None = "torch") -> list[torch.Tensor]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sns_engine.ops.conv_block import block_backend
+from sns_engine.ops.row_linear import row_linear
 
 
 def takes_fast_path(unet: nn.Module, x: torch.Tensor, backend: str | None) -> bool:
@@ -167,7 +168,6 @@ def packed(convs: tuple[nn.Conv2d, ...], t: torch.Tensor, groups: int) -> Packed
     stamp = tuple((p.data_ptr(), p._version) for p in params)
     entry = _PACKED.get(key)
     if entry is None or entry.stamp != stamp:
-        _count_packed_convs()
         weight, bias = stacked(convs)
         c = convs[0]
         packed_weight = torch.ops.mkldnn._reorder_convolution_weight(
@@ -195,20 +195,19 @@ def conv2d(convs: nn.Conv2d | tuple[nn.Conv2d, ...], t: torch.Tensor, gelu: bool
         "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
-_REGISTERING = threading.Lock()
-
-
 def _count_packed_convs() -> None:
-    """Teach torch's FlopCounterMode the packed conv (2 FLOPs per multiply-add, as F.conv2d),
-    once per process (two threads may pack at once)."""
+    """Teach torch's FlopCounterMode the packed conv (2 FLOPs per multiply-add, as F.conv2d); at
+    import, since a FlopCounterMode copies the formulas it knows when it is made."""
     from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
     op = torch.ops.mkldnn._convolution_pointwise
-    with _REGISTERING:
-        if op not in flop_registry:
-            register_flop_formula(op)(
-                lambda x_shape, w_shape, *args, out_shape=None, **kwargs:
-                conv_flop_count(x_shape, w_shape, out_shape))
+    if op not in flop_registry:
+        register_flop_formula(op)(lambda x_shape, w_shape, *args, out_shape=None, **kwargs:
+                                  conv_flop_count(x_shape, w_shape, out_shape))
+
+
+if PACKING:
+    _count_packed_convs()
 
 
 def conv(conv: nn.Conv2d, t: torch.Tensor, gelu: bool = False) -> torch.Tensor:
@@ -216,11 +215,21 @@ def conv(conv: nn.Conv2d, t: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     return conv2d(conv, padded(t, gelu))
 
 
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), row by row: a member's result does not depend on the batch (ops.row_linear)."""
+    return row_linear(x, layer.weight, layer.bias)
+
+
+def embedding(embed: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """A `LevelEmbedding` of a head's logits with its linears row by row (`linear`)."""
+    return F.gelu(linear(embed.fc2, F.gelu(linear(embed.fc1, logits.softmax(dim=-1)))))
+
+
 def shifted(h: torch.Tensor, shifts: nn.ModuleList, embeddings: tuple[torch.Tensor, ...]
              ) -> torch.Tensor:
     """h ← GELU(h + shift(e)) per level embedding, in place."""
     for shift, e in zip(shifts, embeddings, strict=True):
-        gelu_nhwc(h.add_(shift(e)[:, :, None, None]), inplace=True)
+        gelu_nhwc(h.add_(linear(shift, e)[:, :, None, None]), inplace=True)
     return h
 
 
@@ -304,5 +313,5 @@ def heads_features(heads: nn.ModuleList, h: torch.Tensor) -> list[torch.Tensor]:
     as one, conv1 stacked, conv2 grouped."""
     mid = conv2d(tuple(head.conv1 for head in heads), padded(h, gelu=True), gelu=True)
     mid = conv2d(tuple(head.conv2 for head in heads), mid, groups=len(heads))
-    return [F.gelu(head.fc1(m.flatten(1)))
+    return [F.gelu(linear(head.fc1, m.flatten(1)))
             for head, m in zip(heads, mid.chunk(len(heads), 1), strict=True)]

@@ -13,6 +13,7 @@ import torch
 
 from sns_engine.kernels import check_level_argmax
 from sns_engine.ops.dispatch import implementation, resolve_backend
+from sns_engine.ops.row_linear import row_linear
 
 
 def level_argmax_reference(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -21,7 +22,7 @@ def level_argmax_reference(features: torch.Tensor, weight: torch.Tensor, bias: t
     (what `level_argmax` takes: float32 or bfloat16, so p_max is float32 on every backend)."""
     wide = torch.float64 in (features.dtype, weight.dtype, bias.dtype)
     dtype = torch.float64 if wide else torch.float32
-    logits = torch.addmm(bias.to(dtype), features.to(dtype), weight.to(dtype).T)
+    logits = row_linear(features.to(dtype), weight.to(dtype), bias.to(dtype))  # batch-invariant
     idx = logits.argmax(dim=1)  # torch returns the first maximal index
     if not return_max_prob:
         return idx

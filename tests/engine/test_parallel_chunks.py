@@ -131,7 +131,8 @@ def test_core_load_counts_other_processes_cpu_time_not_ours(tmp_path, monkeypatc
 
 def test_parallel_network_call_equals_the_sequential_one(default_bundle, pool):
     """The refiner's full forward (a NamedTuple of ε̂ and logits) and the emulator on fresh random
-    inputs: same members, chunked otherwise (oneDNN need not be batch-invariant: a tolerance)."""
+    inputs: same members, chunked otherwise (oneDNN's convs need not be batch-invariant on every
+    CPU: a tolerance)."""
     g = torch.Generator().manual_seed(11)
     frames = [torch.randn(21, 1, 64, 64, generator=g) for _ in range(3)]
     denoiser = refiner_denoiser(default_bundle.model("refiner"))

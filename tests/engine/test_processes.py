@@ -39,9 +39,10 @@ def _assert_same(a, b, exact: bool) -> None:
 def test_two_processes_roll_out_every_member_as_one(tiny_bundle, tmp_path, path):
     """Each worker's members exactly as a rollout of them alone (a member depends only on its id),
     in memory and in a store. Against one process of all four, the emulator path is the same bit
-    for bit; a refined path's levels, moves and flags are, its states differ in the last bits: the
-    packed walks batch a member's network calls with whichever members walk with it, and oneDNN's
-    convolutions are not batch-invariant (as with threads=, test_parallel_chunks.py)."""
+    for bit; a refined path's levels, moves and flags are, its states at least to float rounding:
+    the packed walks batch a member's network calls with whichever members walk with it, and
+    oneDNN's convs need not be batch-invariant on every CPU (as with threads=,
+    test_parallel_chunks.py)."""
     args = dict(batch=4, steps=3, path=path, quiet=True)
     two = sns_engine.rollout(tiny_bundle, processes=2, **args)
     alone = [sns_engine.rollout(tiny_bundle, threads=1, **{**args, "batch": 2, "member_offset": first})
