@@ -9,11 +9,13 @@ member's result is computed by the same code as in one thread, only the chunks a
 outputs are concatenated in member order.
 
 The pool watches the cores other processes leave it (`CoreLoad`): while they leave it a single
-free core, a call's chunks run one after another in the caller's thread, since two workers
-sharing one core wait on the slower chunk (0.93× one thread at batch 16 beside a spin loop,
-bench/test_cores.py); it takes the second core back once free. The chunks stay those of
-`workers` workers, so what a rollout computes never depends on the load: a run and its resumed
-twin agree bit for bit.
+free core, a call runs in the caller's thread, since two workers sharing one core wait on the
+slower chunk (0.93× one thread at batch 16 beside a spin loop, bench/test_cores.py); it takes
+the second core back once free. Where the networks are batch-invariant (`regroup`: the U-Net's
+CPU fast path on a CPU whose convs are, models.unet_cpu.convs_batch_invariant) the call then runs
+in the chunks one thread would run, as large as they were; elsewhere its chunks stay those of
+`workers` workers, run one after another. Either way what a rollout computes never depends on
+the load: a run and its resumed twin agree bit for bit.
 
 The Engine owns one pool for its lifetime (`Engine.close`) and runs each step on one torch thread
 (`threads.torch_threads(1)`), so that the step's own ops do not spin either.
@@ -40,10 +42,10 @@ class CoreLoad:
     windows of at least `window` seconds (the last full window's figure). Where /proc/stat is
     unreadable (not Linux) no core is ever seen busy."""
 
-    def __init__(self, window: float = 0.5) -> None:
+    def __init__(self, window: float = 0.5, first_window: float = 0.1) -> None:
         self.cpus = (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                      else list(range(os.cpu_count() or 1)))
-        self.window = window
+        self.window, self._window = first_window, window  # a short first one: a busy core is seen early
         self.others = 0.0
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last = self._sample()
@@ -73,7 +75,7 @@ class CoreLoad:
             return self.others
         wall = now[0] - self._last[0]
         self.others = max(0.0, ((now[1] - self._last[1]) - (now[2] - self._last[2])) / wall)
-        self._last = now
+        self._last, self.window = now, self._window
         return self.others
 
     def free_cores(self) -> int:
@@ -83,13 +85,13 @@ class CoreLoad:
 
 class ChunkPool:
     """`workers` threads (≥ 2) that run the member chunks of a call concurrently, or none while
-    `CoreLoad` finds a single core free (module docstring); `close` (or the pool's garbage
-    collection) joins them."""
+    `CoreLoad` finds a single core free, then in one thread's chunks if `regroup` (module
+    docstring); `close` (or the pool's garbage collection) joins them."""
 
-    def __init__(self, workers: int, load: CoreLoad | None = None) -> None:
+    def __init__(self, workers: int, load: CoreLoad | None = None, regroup: bool = False) -> None:
         if workers < 2:
             raise ValueError(f"a ChunkPool needs at least 2 workers, got {workers}")
-        self.workers = workers
+        self.workers, self.regroup = workers, regroup
         self.load = CoreLoad() if load is None else load
         # torch's thread count (ATen's OpenMP, MKL's) is per thread, and a new thread's MKL would
         # use every core: each worker sets its own to one
@@ -104,12 +106,13 @@ class ChunkPool:
 
     def chunk_size(self, rows: int, most: int) -> int:
         """Members per chunk of a call of `rows` members: at most `most` (activations in cache),
-        else an even share per worker (whatever the load, so the results do not follow it). Not
-        smaller, for balance when a core is busy: the U-Net costs more per member in smaller
-        chunks (one core, batch 32: 10.3 ms per member in chunks of 16, 12.1 in chunks of 8,
-        14.2 in chunks of 4), and two chunks per worker measured no faster beside a busy core and
-        slower on free ones (bench/test_cores.py)."""
-        return max(1, min(most, math.ceil(rows / self.workers)))
+        else an even share per worker: per active worker if `regroup`, else per worker whatever
+        the load (so that results do not follow it). Not smaller: the U-Net costs more per member
+        in smaller chunks (one core, batch 32: 10.3 ms per member in chunks of 16, 12.1 in chunks
+        of 8, 14.2 in chunks of 4), and two chunks per worker measured no faster beside a busy
+        core and slower on free ones (bench/test_cores.py)."""
+        workers = self.active() if self.regroup else self.workers
+        return max(1, min(most, math.ceil(rows / workers)))
 
     def map(self, fn: Callable[..., Any], parts: Sequence[tuple[torch.Tensor, ...]]) -> list[Any]:
         """[fn(*part) for part in parts], computed on the pool under the caller's grad mode and CPU

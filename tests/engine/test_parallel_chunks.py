@@ -74,11 +74,13 @@ def test_chunks_run_on_the_pool_in_member_order_on_one_torch_thread(pool):
     assert all(name.startswith("sns-chunk") and threads == 1 and not grad for name, threads, grad in seen)
 
 
-def test_a_core_held_by_another_process_leaves_the_pool_one_worker_in_the_callers_thread():
-    """One of two cores busy: the same chunks as on free cores, one after another in the caller's
-    thread; the core free again: on the pool's threads."""
+@pytest.mark.parametrize("regroup", [False, True])
+def test_a_core_held_by_another_process_leaves_the_pool_one_worker_in_the_callers_thread(regroup):
+    """One of two cores busy: in the caller's thread, the chunks of free cores one after another,
+    or with `regroup` (batch-invariant networks) those of one thread; the core free again: on the
+    pool's threads."""
     load = SetLoad(others=0.9)
-    split = ChunkPool(2, load)
+    split = ChunkPool(2, load, regroup=regroup)
     seen = []
 
     def fn(x):
@@ -89,13 +91,31 @@ def test_a_core_held_by_another_process_leaves_the_pool_one_worker_in_the_caller
     try:
         for others, on_pool in ((0.9, False), (0.3, True)):
             load.others, seen[:] = others, []
-            assert split.active() == (2 if on_pool else 1) and split.chunk_size(16, CPU_CHUNK) == 8
+            one_thread = regroup and not on_pool
+            assert split.active() == (2 if on_pool else 1)
+            assert split.chunk_size(16, CPU_CHUNK) == (16 if one_thread else 8)
             assert torch.equal(chunked(fn, 16, split)(x[:16]), x[:16] + 1)
             assert torch.equal(chunked(fn, 16, split)(x), x + 1)
-            assert sorted(n for _, n in seen) == [8, 8, 8, 16, 16]
+            assert sorted(n for _, n in seen) == ([8, 16, 16, 16] if one_thread else [8, 8, 8, 16, 16])
             assert all(t.startswith("sns-chunk") == on_pool for t, _ in seen)
     finally:
         split.close()
+
+
+def test_an_engine_regroups_only_batch_invariant_networks(monkeypatch):
+    """Its pool follows the load with fp32 networks on a CPU whose convs are batch-invariant, not
+    with bf16 (autocast leaves the fast path) nor where the convs are not."""
+    from sns_engine.models import unet_cpu
+
+    def pool_of(bf16: bool, invariant: bool) -> ChunkPool:
+        monkeypatch.setattr(unet_cpu, "convs_batch_invariant", lambda: invariant)
+        engine = Engine(ToyEmulator(), None, SCHEDULE, torch.randn(4, 1, 8, 8),
+                        RolloutConfig(path="emulator"), backend="torch", bf16=bf16, workers=2)
+        engine.close()
+        return engine.pool
+
+    assert pool_of(False, True).regroup
+    assert not pool_of(True, True).regroup and not pool_of(False, False).regroup
 
 
 def test_core_load_counts_other_processes_cpu_time_not_ours(tmp_path, monkeypatch):
@@ -114,7 +134,7 @@ def test_core_load_counts_other_processes_cpu_time_not_ours(tmp_path, monkeypatc
     monkeypatch.setattr(parallel.time, "process_time", lambda: clock["own"])
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     write(1000, 1000)
-    load = CoreLoad(window=0.5)
+    load = CoreLoad(window=0.5, first_window=0.1)
     # 1 s later: 250 busy ticks (2.5 CPU-s at 100 Hz, and cpu2, not ours, ignored), 1 CPU-s ours
     write(1100, 1150, other_cpu=900)
     clock.update(wall=1.0, own=1.0)
@@ -201,3 +221,23 @@ def test_bad_threads_are_refused_before_any_work(monkeypatch, bad, error, messag
         with pytest.raises(ValueError, match="workers must be a positive int"):
             Engine(ToyEmulator(), None, SCHEDULE, torch.randn(2, 1, 8, 8), RolloutConfig(path="emulator"),
                    workers=workers)
+
+
+def test_core_load_reads_its_first_window_early(tmp_path, monkeypatch):
+    """The first figure comes after `first_window` (a rollout sees a busy core within its first
+    steps), the later ones after `window`."""
+    stat, clock = tmp_path / "stat", {"wall": 0.0}
+    monkeypatch.setattr(parallel, "PROC_STAT", str(stat))
+    monkeypatch.setattr(parallel.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(parallel.time, "process_time", lambda: 0.0)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    stat.write_text("cpu0 0 0 0 100 0 0 0 0\ncpu1 0 0 0 100 0 0 0 0\n")
+    load = CoreLoad(window=0.5, first_window=0.1)
+    stat.write_text("cpu0 15 0 0 100 0 0 0 0\ncpu1 0 0 0 115 0 0 0 0\n")  # 0.15 s: cpu0 busy
+    clock["wall"] = 0.15
+    assert load.busy_cores() == pytest.approx(1.0) and load.free_cores() == 1
+    stat.write_text("cpu0 15 0 0 130 0 0 0 0\ncpu1 0 0 0 145 0 0 0 0\n")  # then idle
+    clock["wall"] = 0.45  # 0.3 s on: under the 0.5 s window, the first figure stands
+    assert load.busy_cores() == pytest.approx(1.0)
+    clock["wall"] = 0.7
+    assert load.busy_cores() == pytest.approx(0.0) and load.free_cores() == 2

@@ -169,17 +169,6 @@ def test_conv2d_equals_f_conv2d_and_follows_weight_changes(packing, monkeypatch)
         assert not keys & set(unet_cpu._PACKED)
 
 
-def convs_batch_invariant() -> bool:
-    """Whether oneDNN's packed convs on this CPU give a member's outputs the same bits in any
-    batch (true on the AVX-512 machines measured; what the test below takes as given)."""
-    conv = randomize(torch.nn.Conv2d(8, 16, 3), seed=50)
-    t = fresh(16, 8, 10, 10, seed=51)
-    with torch.no_grad():
-        whole = unet_cpu.conv2d(conv, t)
-        return all(torch.equal(unet_cpu.conv2d(conv, t[a:b].contiguous(memory_format=CL)),
-                               whole[a:b]) for a, b in ((0, 1), (3, 5), (2, 9)))
-
-
 def test_the_fast_path_gives_a_member_the_same_bits_in_any_batch():
     """A refiner-shaped U-Net (two heads, conditioned decoder) on the fast path: every member's
     outputs and logits are the same bits alone, in a pair or in the batch of 6 (the linears go
@@ -187,7 +176,7 @@ def test_the_fast_path_gives_a_member_the_same_bits_in_any_batch():
     from sns_engine.models.refiner import Refiner
     from sns_engine.models.unet import UNet
 
-    if not convs_batch_invariant():
+    if not unet_cpu.convs_batch_invariant():
         pytest.skip("oneDNN's convs on this CPU are not batch-invariant")
     unet = randomize(UNet(Refiner.unet_config("small", 1, 16, num_levels=20)), seed=52)
     x = fresh(6, 3, 16, 16, seed=53, layout=torch.contiguous_format)
