@@ -86,9 +86,9 @@ def rollout(bundle: str | Path | Bundle | None = None, *, batch: int = 8, steps:
     member_offset: id of the first member; a member's noise is keyed by its id (default 0)
     quiet: no progress bar (default False)
     threads: the cores this call computes on: on the CPU each step's network calls split their
-        members over `threads` worker threads of one torch thread each, or runs them one after
-        another while other processes leave it one free core (the same chunks: the results do
-        not depend on the load, nor on `threads` where the U-Net's fast path is batch-invariant,
+        members over `threads` worker threads of one torch thread each, or run in this thread
+        while other processes leave it one free core (engine/parallel.py; the results do not
+        depend on the load, nor on `threads` where the U-Net's fast path is batch-invariant,
         ops.row_linear; elsewhere only in float rounding, which can flip a near-tied head
         reading); the rest of the call, and a GPU rollout, runs `threads` torch threads
         (the caller's setting restored after it). None: for the steps every core this process

@@ -5,8 +5,8 @@ Every public function that runs networks (rollout, train, calibrate, evaluate) o
 restores the caller's setting afterwards. A CPU rollout's steps compute otherwise: their network
 calls split the members over `threads` worker threads of one torch thread each
 (sns_engine/engine/parallel.py), and every other op of a step runs on one torch thread; while
-other processes leave it a single free core, the chunks run one after another in the step's
-thread (engine.parallel.CoreLoad), so the split does not wait on a worker that shares a core.
+other processes leave it a single free core, a call runs in the step's thread
+(engine.parallel.CoreLoad), so the split does not wait on a worker that shares a core.
 `sns_engine.rollout(threads=N)` and `sns-engine rollout --threads N` name N, the cores the rollout
 computes on: its steps' workers, and torch's threads for the rest of the call (loading, initial
 states, writing). Without a choice, a rollout's steps take `default_workers()`, every core this
