@@ -6,6 +6,7 @@ Runtime ≈ 3 s on one CPU core.
 """
 
 import math
+import threading
 
 import pytest
 import torch
@@ -166,6 +167,40 @@ def test_reproducible_and_independent_of_the_batch():
     assert torch.equal(z, rng.normal(7, member, 8, level, rng.STREAM_Y, (2, 8, 8)))
     alone = rng.normal(7, member[2:], step[2:], level[2:], rng.STREAM_Y, (2, 8, 8))
     assert torch.equal(alone[0], z[2])
+
+
+def test_draws_in_blocks_and_threads_match_one_member_at_a_time():
+    """`normal`'s blocks of members (rng.CHUNK) and its per-thread memory, reused across sizes,
+    dtypes and threads, change no value: every member equals its draw alone, word by word through
+    the public philox4x32_10 and box_muller (whose input words stay as they were)."""
+    g = torch.Generator().manual_seed(5)
+    member = torch.randint(0, 2**40, (11,), generator=g)
+    level = torch.randint(0, 1000, (11,), generator=g, dtype=torch.int32)
+    shape = (2, 9, 9)  # 162 pixels: blocks of CHUNK // 162 members, the last one short
+    draws = {}
+
+    def draw(key, dtype, rows):
+        draws[key] = rng.normal(3, member[:rows], 40, level[:rows], rng.STREAM_X, shape, dtype)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rng, "CHUNK", 162 * 4)
+        draw("first", torch.float32, 11)
+        draw("float64", torch.float64, 7)
+        draw("again", torch.float32, 11)
+        worker = threading.Thread(target=draw, args=("thread", torch.float32, 11))
+        worker.start()
+        worker.join()
+    assert torch.equal(draws["first"], draws["again"]) and torch.equal(draws["first"], draws["thread"])
+    pixel = torch.arange(162).reshape(1, -1)
+    for b in range(11):
+        words = rng.philox4x32_10((pixel, level[b].long(), torch.tensor(40), rng.STREAM_X),
+                                  (torch.tensor(3), member[b] % 2**32))
+        kept = [w.clone() for w in words]
+        assert torch.equal(draws["first"][b].flatten(), rng.box_muller(words[0], words[1])[0])
+        assert all(torch.equal(w, k) for w, k in zip(words, kept, strict=True))
+        if b < 7:
+            want = rng.box_muller(words[0], words[1], torch.float64)[0]
+            assert torch.equal(draws["float64"][b].flatten(), want)
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32])
