@@ -104,17 +104,16 @@ class ChunkPool:
         leave this process a single free core."""
         return 1 if self.load.free_cores() == 1 else self.workers
 
-    def chunks(self, rows: int, most: int) -> int:
-        """How many chunks a call of `rows` members is split into (`chunked`: sizes differing by
-        one at most): as few as keep each within `most` members (activations in cache), a multiple
-        of the workers (of the active ones if `regroup`, else of all whatever the load, so that
-        results do not follow it), so that none waits on another's last chunk (40 members on 2
-        workers: 4 chunks of 10, where chunks of 16 left one worker 8 members to run alone); one
-        per member at most. Not more: the U-Net costs more per member in small chunks (the
-        refiner on one core: 7.6 ms per member alone, 4.9 in chunks of 8, 4.5 in chunks of
-        10–16)."""
+    def chunk_size(self, rows: int, most: int) -> int:
+        """Members per chunk of a call of `rows` members: at most `most` (activations in cache),
+        in as few chunks as that allows, their number a multiple of the workers (of the active
+        ones if `regroup`, else of all whatever the load, so that results do not follow it) and
+        of near-equal sizes, so that none waits on another's last chunk (40 members on 2 workers:
+        4 chunks of 10, where chunks of 16 left one worker 8 members to run alone). Not smaller:
+        the U-Net costs more per member in small chunks (the refiner on one core: 7.6 ms per
+        member alone, 4.9 in chunks of 8, 4.5 in chunks of 10–16)."""
         workers = self.active() if self.regroup else self.workers
-        return min(rows, workers * math.ceil(rows / (workers * most)))
+        return max(1, math.ceil(rows / (workers * math.ceil(rows / (workers * most)))))
 
     def map(self, fn: Callable[..., Any], parts: Sequence[tuple[torch.Tensor, ...]]) -> list[Any]:
         """[fn(*part) for part in parts], computed on the pool under the caller's grad mode and CPU

@@ -29,7 +29,6 @@ physical step, level, stream, pixel), never by slot.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -65,19 +64,18 @@ CPU_CHUNK = 16  # members per network call on the CPU (see `chunked`)
 
 
 def chunked(fn, chunk: int, pool: ChunkPool | None = None):
-    """`fn` over dim-0 chunks of its tensor arguments, as few as keep each within `chunk` rows,
-    their sizes differing by one at most, the outputs (a tensor or a NamedTuple of tensors)
-    concatenated in member order. On the CPU a chunk's activations stay in cache: the small U-Net
-    at 64² costs ≈ 10 ms per member in chunks of 8–32 and ≈ 16.5 ms in one call of 256 (one core).
-    With a `pool` the chunks (`pool.chunks`: a multiple of its workers, so that every worker has
-    an even share) run concurrently. Every member's result is computed as before, only the batch
+    """`fn` over dim-0 chunks of at most `chunk` rows of its tensor arguments, the outputs (a tensor
+    or a NamedTuple of tensors) concatenated in member order. On the CPU a chunk's activations stay
+    in cache: the small U-Net at 64² costs ≈ 10 ms per member in chunks of 8–32 and ≈ 16.5 ms in one
+    call of 256 (one core). With a `pool` the chunks (`pool.chunk_size`: smaller, so that every
+    worker has work) run concurrently. Every member's result is computed as before, only the batch
     is split."""
     def run(*inputs: torch.Tensor):
         rows = inputs[0].shape[0]
-        count = math.ceil(rows / chunk) if pool is None else pool.chunks(rows, chunk)
-        if count <= 1:
+        size = chunk if pool is None else pool.chunk_size(rows, chunk)
+        if rows <= size:
             return fn(*inputs)
-        chunks = list(zip(*(t.tensor_split(count) for t in inputs), strict=True))
+        chunks = list(zip(*(t.split(size) for t in inputs), strict=True))
         parts = [fn(*part) for part in chunks] if pool is None else pool.map(fn, chunks)
         if isinstance(parts[0], torch.Tensor):
             return torch.cat(parts)

