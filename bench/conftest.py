@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.utils import safe_dumps
 
+from sns_engine.memory import keep_freed_memory
+
 from .report import summarize, table
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,7 +42,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     """Narrow pytest-benchmark's table; choose the default JSON's path (none if SNS_BENCH_JSON=0 or
-    the user passed --benchmark-json)."""
+    the user passed --benchmark-json). Every case runs with the freed memory kept, as the CPU
+    engine runs (sns_engine.memory): the baselines too, whichever case comes first."""
+    keep_freed_memory()
     config.addinivalue_line("markers", "long: a benchmark that takes minutes on the CPU; runs only "
                                        "with --bench-long")
     given = {word.split("=")[0] for word in (*config.invocation_params.args, *config.getini("addopts"),

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # bottom → top; a module belongs to the layer of its longest listed prefix
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sns_engine._version", "sns_engine.files", "sns_engine.config", "sns_engine.threads",
-     "sns_engine.diffusion", "sns_engine.data", "sns_engine.kernels"),
+     "sns_engine.memory", "sns_engine.diffusion", "sns_engine.data", "sns_engine.kernels"),
     ("sns_engine.ops", "sns_engine.diagnostics", "sns_engine.systems"),
     ("sns_engine.models", "sns_engine.plots"),
     ("sns_engine.bundle",),

@@ -53,6 +53,7 @@ from sns_engine.engine.rules import (
 )
 from sns_engine.engine.scheduler import bucket_sizes, schedule_ticks
 from sns_engine.files import interrupts_deferred
+from sns_engine.memory import keep_freed_memory
 from sns_engine.models import unet_cpu
 from sns_engine.models.unet import find_unet, forward_flops
 from sns_engine.ops import rng
@@ -179,6 +180,8 @@ class Engine:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         # Triton's CPU interpreter patches triton.language while a kernel runs: one thread at a time
         split = device.type == "cpu" and cpu_chunk and resolve_backend(backend, device) == "torch"
+        if device.type == "cpu":
+            keep_freed_memory()  # activations reused, not faulted in anew each call (sns_engine.memory)
         self.pool = None
         if split and workers > 1:  # its chunks follow the load where that keeps a member's bits
             self.pool = ChunkPool(workers, regroup=not bf16 and unet_cpu.convs_batch_invariant())
