@@ -5,7 +5,7 @@ threshold is trimmed. So the next tensor of that size is mapped anew and each of
 faulted in and zeroed on first touch. The CPU engine allocates such tensors all the time: the
 U-Net's activations (up to 16 MiB a chunk of 16 members at 64²) and their outputs. A 20-step
 rollout of 64 members on one thread took 730 000 page faults, and ran 9 % faster without them
-(Intel Xeon, 2026-12-03, bench/README.md).
+(one run each, Intel Xeon, 2026-12-03; engine steps A/B, −10 % at batch 64: bench/README.md).
 
 `keep_freed_memory()`, which the CPU engine calls, fixes the mmap threshold at 32 MiB (the most
 glibc allows) and the trim threshold at 1 GiB, once per process, so freed blocks are reused:
