@@ -7,9 +7,10 @@ U-Net's activations (up to 16 MiB a chunk of 16 members at 64²) and their outpu
 rollout of 64 members on one thread took 730 000 page faults, and ran 9 % faster without them
 (one run each, Intel Xeon, 2026-12-03; engine steps A/B, −10 % at batch 64: bench/README.md).
 
-`keep_freed_memory()`, which the CPU engine calls, fixes the mmap threshold at 32 MiB (the most
-glibc allows) and the trim threshold at 1 GiB, once per process, so freed blocks are reused:
-the process keeps the memory of its peak. Elsewhere (not glibc) it does nothing.
+`keep_freed_memory()`, which the CPU engine calls, fixes the mmap threshold at 32 MiB (the
+ceiling of glibc's own dynamic threshold) and the trim threshold at 1 GiB, once per process, so
+freed blocks are reused: the process keeps the memory of its peak. Elsewhere (not glibc) it does
+nothing.
 """
 
 from __future__ import annotations

@@ -113,7 +113,8 @@ class ChunkPool:
         the U-Net costs more per member in small chunks (the refiner on one core: 7.6 ms per
         member alone, 4.9 in chunks of 8, 4.5 in chunks of 10–16)."""
         workers = self.active() if self.regroup else self.workers
-        return max(1, math.ceil(rows / (workers * math.ceil(rows / (workers * most)))))
+        chunks = workers * math.ceil(rows / (workers * most))
+        return max(1, math.ceil(rows / chunks))
 
     def map(self, fn: Callable[..., Any], parts: Sequence[tuple[torch.Tensor, ...]]) -> list[Any]:
         """[fn(*part) for part in parts], computed on the pool under the caller's grad mode and CPU
